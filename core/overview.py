@@ -1,0 +1,25 @@
+"""The pipeline at a glance, for the home page: what exists at each stage."""
+from __future__ import annotations
+
+from core import models
+
+
+def _count(db, sql: str) -> int:
+    return db.execute(sql).fetchone()[0]
+
+
+def pipeline_summary(db) -> dict:
+    """Counts per stage. A stage whose tables a module has not created yet counts as zero."""
+    tables = set(db.table_names())
+    out = {
+        "datasets": _count(db, "SELECT count(*) FROM datasets") if "datasets" in tables else 0,
+        "dataset_versions": _count(db, "SELECT count(*) FROM dataset_versions") if "dataset_versions" in tables else 0,
+        "runs_by_status": dict(db.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+        if "runs" in tables else {},
+        "campaigns": _count(db, "SELECT count(*) FROM campaigns") if "campaigns" in tables else 0,
+        "votes": _count(db, "SELECT count(*) FROM votes") if "votes" in tables else 0,
+        "models": len(models.list_models(db)),
+        "users": _count(db, "SELECT count(*) FROM users"),
+    }
+    out["runs"] = sum(out["runs_by_status"].values())
+    return out

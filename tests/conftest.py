@@ -1,0 +1,202 @@
+"""Shared fixtures: a temporary workspace, a tiny random Llama model built locally, the real bundled
+model prepared once per test session, and a real Streamlit server driven by Debian's Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A fresh TUNELAB_HOME with its database: yields (db, ws)."""
+    from core import db, workspace as wsmod
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    ws = wsmod.current()
+    conn = db.connect(ws.db_path)
+    yield conn, ws
+    conn.close()
+
+
+def _build_tiny_model(folder: Path) -> Path:
+    """A 2-layer random Llama and a byte-level BPE tokenizer trained on a few sentences, no network."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [
+        "The capital of France is Paris.", "user assistant system", "Hello, how are you today?",
+        "Give three tips for staying healthy. Eat well, sleep, exercise.", "1 2 3 4 5 6 7 8 9 0",
+    ] * 20
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return _build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def tiny_model(workspace, tiny_model_dir):
+    """The tiny model registered as 'tiny' in the temporary workspace: yields (db, ws, name)."""
+    from core import models
+    conn, ws = workspace
+    models.add_local(conn, tiny_model_dir, "tiny")
+    return conn, ws, "tiny"
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, prepared once per machine in a cache outside the repo."""
+    from core import db, models, workspace as wsmod
+    cache = Path(os.environ.get("TUNELAB_TEST_CACHE", Path.home() / ".cache" / "tunelab-tests"))
+    ws = wsmod.Workspace(cache).ensure()
+    conn = db.connect(ws.db_path)
+    path = models.prepare(conn, ws, models.DEFAULT_MODEL)
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def bundled_model(workspace, bundled_model_dir):
+    """The prepared bundled model recorded in the temporary workspace: yields (db, ws, name)."""
+    from core import models
+    conn, ws = workspace
+    models.list_models(conn)  # registers the bundled row
+    models._record(conn, models.DEFAULT_MODEL, bundled_model_dir)
+    return conn, ws, models.DEFAULT_MODEL
+
+
+def run_cli(*args: str, env_home: Path | None = None, stdin: str | None = None, timeout: int = 600):
+    """Run the real `tunelab` console script; returns CompletedProcess."""
+    env = dict(os.environ)
+    if env_home is not None:
+        env["TUNELAB_HOME"] = str(env_home)
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], input=stdin, capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=timeout)
+
+
+# ---------------------------------------------------------------- browser
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    """A real `streamlit run streamlit_app.py` on a free port, over its own workspace."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, TUNELAB_HOME=str(home), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+        self.log = open(home.parent / f"streamlit-{self.port}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+             "--server.port", str(self.port), "--server.address", "127.0.0.1",
+             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2).read() == b"ok":
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"streamlit did not start; see {self.log.name}")
+
+    def db(self):
+        from core import db
+        return db.connect(self.home / "tunelab.db")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def app(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    server = App(home)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does this)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    yield pg
+    context.close()
+
+
+def sign_in(page, app: App, name: str, password: str) -> None:
+    page.goto(app.url)
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def wait_for_app(page) -> None:
+    """Wait until Streamlit has finished a run (no 'running' indicator)."""
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]') || "
+        "!document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
+
+
+def load_json(path: Path):
+    return json.loads(Path(path).read_text())
