@@ -186,7 +186,7 @@ def page(browser):
 def sign_in(page, app: App, name: str, password: str) -> None:
     page.goto(app.url)
     page.get_by_label("User name").fill(name)
-    page.get_by_label("Password").fill(password)
+    page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
 
 

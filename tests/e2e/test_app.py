@@ -1,0 +1,54 @@
+"""The real app in Chromium: home page, sign-in, and role checks."""
+import pytest
+from playwright.sync_api import expect
+
+from core import auth
+from tests.conftest import sign_in, wait_for_app
+
+pytestmark = pytest.mark.e2e
+
+
+def nav_labels(page) -> list[str]:
+    page.wait_for_selector('[data-testid="stSidebarNav"]')
+    return [a.inner_text().split("\n")[-1].strip()
+            for a in page.locator('[data-testid="stSidebarNav"] a').all()]
+
+
+def test_home_renders_pipeline_in_local_mode(app, page):
+    page.goto(app.url)
+    page.get_by_text("Getting started").wait_for()
+    expect(page.get_by_text("No users yet")).to_be_visible()
+    for label in ("Datasets", "Runs", "Feedback campaigns", "Votes"):
+        expect(page.get_by_test_id("stMetricLabel").filter(has_text=label)).to_have_count(1)
+
+
+def test_annotator_sees_only_labeling(app, page):
+    conn = app.db()
+    auth.add_user(conn, "root", "admin", "admin password")
+    auth.add_user(conn, "ann", "annotator", "annotator pw")
+    sign_in(page, app, "ann", "annotator pw")
+    page.get_by_text("Signed in as").wait_for()
+    wait_for_app(page)
+    assert nav_labels(page) == ["Labeling"]
+
+
+def test_wrong_password_refused(app, page):
+    auth.add_user(app.db(), "root", "admin", "admin password")
+    sign_in(page, app, "root", "not the password")
+    page.get_by_text("Wrong user name or password").wait_for()
+    assert page.get_by_text("Signed in as").count() == 0
+
+
+def test_viewer_opening_admin_url_is_refused(app, page):
+    conn = app.db()
+    auth.add_user(conn, "root", "admin", "admin password")
+    auth.add_user(conn, "vic", "viewer", "viewer password")
+    sign_in(page, app, "vic", "viewer password")
+    page.get_by_text("Signed in as").wait_for()
+    # The sign-in is kept in a cookie, so a typed URL opens as the same user.
+    page.wait_for_function("() => document.cookie.includes('tunelab_session=')")
+    assert "Admin" not in nav_labels(page)
+    page.goto(f"{app.url}/admin")
+    page.get_by_text("Not allowed").wait_for()
+    assert page.get_by_text("Users").count() == 0
+    assert page.get_by_role("button", name="Add").count() == 0
