@@ -1,0 +1,163 @@
+"""Feedback: create preference campaigns, watch generation, check label quality, export and import."""
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from core import feedback, models
+from core.generate import SamplingSettings
+from pages import _ui
+
+user = _ui.guard("feedback")
+st.title("Feedback")
+conn, ws = _ui.db(), _ui.ws()
+
+
+def _field_input(f, prefix: str):
+    """One form widget per config field, labelled and explained by the dataclass."""
+    label, key, help_ = f.name.replace("_", " "), f"{prefix}_{f.name}", f.metadata.get("help")
+    if f.type == "int":
+        return st.number_input(label, value=f.default, step=1, key=key, help=help_)
+    if f.type == "float":
+        return st.number_input(label, value=float(f.default), key=key, help=help_)
+    value = st.text_area(label, value=f.default or "", key=key, help=help_, height=68)
+    return value or (None if f.default is None else "")
+
+
+# ---------------------------------------------------------------- new campaign
+with st.expander("New campaign", expanded=not feedback.list_campaigns(conn)):
+    specs = []
+    for m in models.list_models(conn):
+        if m.prepared:
+            specs.append(m.name)
+            specs += [f"{m.name}+{r['id']}" for r in models.adapters_of(conn, m.name)]
+    with st.form("new_campaign"):
+        name = st.text_input("Name")
+        chosen = st.multiselect("Models (two or more; NAME+RUN is a base with a run's adapter)", specs)
+        dataset = st.text_input("Prompts from a dataset (name or name@version)")
+        pasted = st.text_area("…or paste prompts, one per line")
+        left, right = st.columns(2)
+        with left:
+            config = {f.name: _field_input(f, "cc") for f in dataclasses.fields(feedback.CampaignConfig)}
+        with right:
+            sampling = {f.name: _field_input(f, "ss") for f in dataclasses.fields(SamplingSettings)}
+        submitted = st.form_submit_button("Create and generate", type="primary")
+    if submitted:
+        with _ui.user_errors():
+            lines = [p for p in pasted.splitlines() if p.strip()]
+            c = feedback.create_campaign(conn, ws, name, chosen, prompts=lines or None,
+                                         dataset=None if lines else (dataset.strip() or None),
+                                         config=feedback.CampaignConfig(**config),
+                                         settings=SamplingSettings(**sampling), created_by=user.id)
+            feedback.start_generation(conn, ws, c.name)
+            st.session_state.fb_campaign = c.name
+            st.rerun()
+
+# ---------------------------------------------------------------- campaigns
+campaigns = feedback.list_campaigns(conn)
+if not campaigns:
+    st.info("No campaigns yet. Create one above, or import judgments below.")
+else:
+    st.dataframe([{"campaign": c.name, "status": c.status, "progress": round(c.progress * 100),
+                   "models": ", ".join(c.models), "source": c.source, "overlap": c.overlap} for c in campaigns],
+                 hide_index=True, column_config={"progress": st.column_config.ProgressColumn("progress", format="%d%%")})
+    names = [c.name for c in campaigns]
+    if st.session_state.get("fb_campaign") not in names:
+        st.session_state.fb_campaign = names[0]
+    selected = st.selectbox("Campaign", names, key="fb_campaign")
+
+    @st.fragment(run_every=2)
+    def generation_progress() -> None:
+        c = feedback.get_campaign(conn, selected)
+        busy = c.status in ("pending", "generating")
+        if busy:
+            st.progress(c.progress, text=f"Generating: {c.progress_message or 'starting'}")
+        elif st.session_state.pop("fb_busy", None) == selected:
+            st.rerun(scope="app")  # generation just ended: redraw the quality figures
+        if busy:
+            st.session_state.fb_busy = selected
+        elif c.status == "failed":
+            st.error(f"Generation failed: {c.error}")
+            if st.button("Retry generation"):
+                with _ui.user_errors():
+                    feedback.start_generation(conn, ws, c.name)
+                    st.rerun()
+
+    generation_progress()
+
+    q = feedback.quality(conn, selected)
+    st.subheader("Quality")
+    cols = st.columns(6)
+    cols[0].metric("Votes", q["votes"])
+    cols[1].metric("Pairs complete", f"{q['pairs_complete']} / {q['pairs']}")
+    cols[2].metric("Annotators", q["annotators"])
+    cols[3].metric("Cohen's κ", "—" if q["cohen_kappa"] is None else q["cohen_kappa"],
+                   help="Two annotators only, on the pairs both rated.")
+    cols[4].metric("Krippendorff's α", "—" if q["krippendorff_alpha"] is None else q["krippendorff_alpha"],
+                   help="Any number of annotators, nominal labels, missing ratings allowed.")
+    cols[5].metric("Left side wins", "—" if q["left_win_rate"] is None else f"{q['left_win_rate']:.0%}",
+                   help="Of decisive votes; about 50% means no position bias.")
+    if q["flagged"]:
+        st.warning(f"Far from consensus or failing gold pairs: {', '.join(q['flagged'])}")
+    if q["per_annotator"]:
+        per = pd.DataFrame(q["per_annotator"]).drop(columns=["annotator_id"])
+        st.dataframe(per, hide_index=True)
+        chart_rows = per.dropna(subset=["agreement_with_majority"])
+        if not chart_rows.empty:
+            st.altair_chart(alt.Chart(chart_rows).mark_bar().encode(
+                x=alt.X("agreement_with_majority:Q", scale=alt.Scale(domain=[0, 1]), title="agreement with majority"),
+                y=alt.Y("annotator:N", sort="-x", title=None),
+                color=alt.Color("flagged:N", scale=alt.Scale(domain=[False, True], range=["#4c78a8", "#e45756"]))),
+                width="stretch")
+        st.bar_chart(pd.Series(q["choices"], name="votes"), horizontal=True, height=180)
+
+    # ------------------------------------------------------------ export
+    st.subheader("Export")
+    a, b, c_, d = st.columns(4)
+    policy = feedback.ExportPolicy(
+        min_votes=a.number_input("Min votes per pair", 1, value=1),
+        min_agreement=b.slider("Min agreement", 0.0, 1.0, 0.5, 0.05),
+        drop_ties=not c_.checkbox("Keep ties"), drop_both_bad=not d.checkbox("Keep both-bad"))
+    rows, counts = feedback.aggregate(conn, selected, policy)
+    st.caption(f"{len(rows)} preference rows; " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
+    e1, e2 = st.columns(2)
+    e1.download_button("TRL preferences (JSONL)", "".join(json.dumps(r) + "\n" for r in rows),
+                       file_name=f"{selected}-preferences.jsonl", mime="application/jsonl")
+    e2.download_button("Arena battles (JSONL)",
+                       "".join(json.dumps(r) + "\n" for r in feedback.arena_battles(conn, selected)),
+                       file_name=f"{selected}-battles.jsonl", mime="application/jsonl")
+    with st.form("register"):
+        dataset_name = st.text_input("Register the preferences as dataset", value=f"{selected}-prefs")
+        if st.form_submit_button("Register"):
+            with _ui.user_errors():
+                doc = feedback.export(conn, ws, selected, "trl", ws.home / "exports" / f"{selected}-preferences.jsonl",
+                                      policy, register=dataset_name.strip())
+                st.success(f"Registered {doc['dataset']} ({doc['rows']} rows).")
+
+    # ------------------------------------------------------------ gold pairs
+    with st.expander("Add gold pairs"):
+        st.caption("JSONL with prompt, chosen, rejected: 'chosen' is the known better answer. Every annotator "
+                   "sees each gold pair once, mixed in with the rest.")
+        gold = st.file_uploader("Gold file", type=["jsonl"], key="gold_file")
+        if gold is not None and st.button("Add gold pairs"):
+            with _ui.user_errors():
+                lines = gold.getvalue().decode().splitlines()
+                n = feedback.add_gold(conn, selected, [json.loads(x) for x in lines if x.strip()], source=gold.name)
+                st.success(f"Added {n} gold pairs.")
+
+# ---------------------------------------------------------------- import
+with st.expander("Import external judgments"):
+    with st.form("import"):
+        upload = st.file_uploader("Arena battles or AlpacaEval annotations (JSON or JSONL)", type=["json", "jsonl"])
+        fmt = st.radio("Format", ["arena", "alpaca_eval"], horizontal=True)
+        target = st.text_input("Campaign name")
+        if st.form_submit_button("Import") and upload is not None:
+            with _ui.user_errors(), tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / upload.name
+                path.write_bytes(upload.getvalue())
+                doc = feedback.import_judgments(conn, path, fmt, target.strip())
+                st.success(f"{doc['votes_added']} votes added, {doc['votes_updated']} updated, {doc['skipped']} skipped.")

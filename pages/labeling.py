@@ -1,0 +1,90 @@
+"""Labeling: blind A/B votes on two answers to one prompt, keyboard first.
+
+Keys: A / B = that answer is better, Shift+A / Shift+B = much better, T = tie, X = both bad,
+S = skip, U = undo the last vote. The voting part is a fragment, so a vote reruns only it.
+"""
+import streamlit as st
+
+from core import feedback
+from pages import _ui
+
+user = _ui.guard("labeling")
+st.title("Labeling")
+conn = _ui.db()
+
+LONG_CHARS = 1500  # longer answers start collapsed, under a short preview
+
+campaigns = [c for c in feedback.list_campaigns(conn) if c.status == "ready" and not c.source.startswith("import:")]
+if not campaigns:
+    st.info("No campaign is ready to label yet. An engineer creates one on the Feedback page.")
+    st.stop()
+names = [c.name for c in campaigns]
+chosen = st.selectbox("Campaign", names, key="label_campaign") if len(names) > 1 else names[0]
+campaign = campaigns[names.index(chosen)]
+if campaign.guidelines:
+    with st.expander("Guidelines"):
+        st.markdown(campaign.guidelines)
+
+
+def _vote(assignment_id: int, choice: str, strength: int | None) -> None:
+    with _ui.user_errors():  # e.g. a click on a pair that an undo just took back
+        feedback.vote_and_next(conn, assignment_id, choice, strength)
+
+
+def _skip(assignment_id: int) -> None:
+    feedback.skip(conn, assignment_id)
+
+
+def _undo() -> None:
+    if feedback.undo_last(conn, campaign.id, user.id) is None:
+        st.toast("Nothing to undo.")
+
+
+def _answer(title: str, text: str) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{title}**")
+        if len(text) > LONG_CHARS:
+            st.text(text[:300] + " …")
+            with st.expander(f"Show all ({len(text.split())} words)"):
+                st.markdown(text)
+        else:
+            st.markdown(text or "*(empty answer)*")
+
+
+@st.fragment
+def labeler() -> None:
+    assignment = feedback.next_pair(conn, campaign.id, user.id, user.name)
+    done, total = feedback.annotator_progress(conn, campaign.id, user.id)
+    st.progress(done / total if total else 1.0, text=f"{done} of {total}")
+    if assignment is None:
+        st.success("All done: no pair is left for you in this campaign. Thank you!")
+        st.button("Undo last vote", key="undo", shortcut="U", on_click=_undo, disabled=done == 0)
+        return
+    *history, last = assignment.prompt
+    with st.container(border=True):
+        for m in history:
+            st.caption(m["role"])
+            st.markdown(m["content"])
+        st.markdown("**Prompt**")
+        st.markdown(last["content"])
+    left, right = st.columns(2)
+    with left:
+        _answer("Answer A", assignment.left)
+    with right:
+        _answer("Answer B", assignment.right)
+    buttons = [("A ≫ B", "A is much better", "vote_a2", "Shift+A", ("left", 2)),
+               ("A > B", "A is better", "vote_a", "A", ("left", 1)),
+               ("Tie", "Both are about as good", "vote_tie", "T", ("tie", None)),
+               ("Both bad", "Neither answer is acceptable", "vote_bad", "X", ("both_bad", None)),
+               ("B > A", "B is better", "vote_b", "B", ("right", 1)),
+               ("B ≫ A", "B is much better", "vote_b2", "Shift+B", ("right", 2))]
+    for col, (label, help_, key, shortcut, (choice, strength)) in zip(st.columns([1.5, 1, 1, 1.2, 1, 1.5]), buttons):
+        col.button(label, key=key, help=help_, shortcut=shortcut, on_click=_vote,
+                   args=(assignment.id, choice, strength),
+                   type="primary" if choice in ("left", "right") else "secondary", width="stretch")
+    a, b, _ = st.columns([1, 1, 4])
+    a.button("Skip", key="skip", shortcut="S", on_click=_skip, args=(assignment.id,))
+    b.button("Undo", key="undo", shortcut="U", on_click=_undo, disabled=done == 0)
+
+
+labeler()
