@@ -139,6 +139,391 @@ def cmd_users_password(args) -> None:
     print(f"password of {args.name} changed")
 
 
+# ---------------------------------------------------------------- data
+
+def cmd_data_import(args) -> None:
+    from core import datasets
+    db, ws = _db_ws()
+    with progress_bar(f"importing {args.file}") as update:
+        result = datasets.import_file(db, ws, args.file, args.name, fmt=args.format, mapping=args.map,
+                                      skip_invalid=args.skip_invalid, progress=update)
+    if args.json:
+        _print_json(result.to_dict())
+        return
+    v = result.version
+    print(f"imported {v.rows} rows of {result.records} as {v.ref} (format {result.detected_format}, kind {v.kind})")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} bad records:")
+        for problem in result.skipped:
+            print(f"  {problem}")
+
+
+def cmd_data_list(args) -> None:
+    from core import datasets
+    db, _ = _db_ws()
+    rows = datasets.list_datasets(db)
+    _print_json(rows) if args.json else _table(rows, ["name", "latest", "kind", "rows", "versions", "last_step"])
+
+
+def cmd_data_show(args) -> None:
+    from core import datasets
+    from core.datasets import inspection
+    db, ws = _db_ws()
+    version = datasets.resolve(db, ws, args.ref)
+    doc = inspection.dataset_overview(version)
+    doc["lineage"] = [{"ref": v.ref, "transform": v.transform, "params": v.params, "rows": v.rows,
+                       "source": v.source_name} for v in datasets.lineage(db, ws, version.ref)]
+    doc["report"] = version.report
+    if args.model:
+        tokenizer = inspection.load_tokenizer(db, ws, args.model)
+        with progress_bar("measuring token lengths") as update:
+            lengths = inspection.token_lengths(version.load_all(), tokenizer, update)
+        doc["token_lengths"] = {"model": args.model, **inspection.length_stats(lengths, args.max_length)}
+    if args.json:
+        _print_json(doc)
+        return
+    print(f"{version.ref}: {version.kind}, {version.rows} rows "
+          f"({', '.join(f'{s} {n}' for s, n in version.splits.items())}), sha256 {version.content_hash[:12]}")
+    print(f"roles: {doc['turns']['roles']}; messages per row: {doc['turns']['turns']}")
+    if "token_lengths" in doc:
+        t = doc["token_lengths"]
+        print(f"tokens ({args.model}): min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "
+              f"{t['over_max_length']} rows over max_length {t['max_length']}")
+    print("lineage:")
+    for step in doc["lineage"]:
+        what = f"from {step['source']}" if step["transform"] == "import" else json.dumps(step["params"])
+        print(f"  {step['ref']}  {step['transform']}  {what}  ({step['rows']} rows)")
+
+
+def cmd_data_export(args) -> None:
+    from core import datasets
+    db, ws = _db_ws()
+    for path in datasets.export(db, ws, args.ref, args.format, args.out):
+        print(path)
+
+
+def cmd_data_clean(args) -> None:
+    from core import datasets
+    db, ws = _db_ws()
+    with progress_bar(f"cleaning {args.ref}") as update:
+        reports = datasets.clean(db, ws, args.ref, dedup=args.dedup, threshold=args.threshold,
+                                 redact=args.redact_pii, max_tokens=args.max_tokens, min_tokens=args.min_tokens,
+                                 model=args.model, progress=update)
+    if args.json:
+        _print_json(reports)
+        return
+    for r in reports:
+        extra = f", entities {r['entities']}" if "entities" in r else f", removed {r['removed']}"
+        print(f"{r['ref']}  {r['step']}: {r['before']} -> {r['after']} rows{extra}")
+
+
+def cmd_data_split(args) -> None:
+    from core import datasets
+    db, ws = _db_ws()
+    version = datasets.split(db, ws, args.ref, val=args.val, test=args.test, seed=args.seed)
+    if args.json:
+        _print_json({"ref": version.ref, "splits": version.splits, "content_hash": version.content_hash})
+    else:
+        print(f"{version.ref}: " + ", ".join(f"{s} {n}" for s, n in version.splits.items()))
+
+
+# ---------------------------------------------------------------- eval and leaderboard
+
+def _eval_flags(parser) -> None:
+    """One flag per EvalConfig field (the help comes from the dataclass)."""
+    import dataclasses
+    from core.evaluate import BASELINES, EvalConfig
+    for f in dataclasses.fields(EvalConfig):
+        if f.name == "model":
+            continue
+        kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
+        extra = {"choices": BASELINES} if f.name == "baseline" else {}
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, required=f.name == "dataset",
+                            default=None, help=f.metadata["help"], **extra)
+
+
+def _eval_summary(row: dict) -> dict:
+    return {"id": row["id"], "label": row["label"], "status": row["status"], "dataset": row["dataset"],
+            "error": row["error"], "metrics": row["metrics"]}
+
+
+def cmd_eval(args) -> None:
+    import dataclasses
+    from core import evaluate
+    db, ws = _db_ws()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(evaluate.EvalConfig)
+             if getattr(args, f.name, None) is not None}
+    config = evaluate.EvalConfig(**given)
+    eval_id = evaluate.launch(db, ws, config)
+    if not args.wait:
+        if args.json:
+            _print_json({"id": eval_id, "label": config.label, "status": "queued"})
+        else:
+            print(eval_id)
+        return
+    with progress_bar(f"eval {eval_id}: {config.label}") as update:
+        row = evaluate.wait(db, eval_id, progress=update)
+    if row["status"] != "completed":
+        raise UserError(f"eval run {eval_id} {row['status']}: {row['error'] or ''} "
+                        f"(log: {evaluate.evals_dir(ws) / str(eval_id) / 'eval.log'})")
+    if args.json:
+        _print_json(_eval_summary(row))
+    else:
+        print(f"eval {eval_id}: {row['label']} on {row['dataset']} ({row['metrics']['split']} split, "
+              f"{row['metrics']['rows']} rows)")
+        for key in ("loss", "perplexity", "exact_match", "rouge_l", "bleu", "chrf", "length_words", "reward",
+                    "reference_perplexity", "forgetting"):
+            if row["metrics"].get(key) is not None:
+                print(f"  {key:22s} {row['metrics'][key]:.4g}")
+        for note in row["metrics"].get("notes", []):
+            print(f"  note: {note}")
+
+
+def _fmt(value, digits: int = 1):
+    return f"{value:.{digits}f}" if isinstance(value, float) else value
+
+
+def _print_board(board: dict) -> None:
+    print(f"campaign: {board['campaign'] or 'all'} ({board['votes']} votes, anchor {board['anchor']} = 1000); "
+          f"eval set: {board['dataset'] or '-'}")
+    _table([{**r, "rating": _fmt(r["rating"], 0),
+             "95% CI": f"{r['ci_low']:.0f}..{r['ci_high']:.0f}" if r["ci_low"] is not None else "",
+             "win_rate": _fmt(r["win_rate"], 2), "perplexity": _fmt(r["perplexity"], 2),
+             "rouge_l": _fmt(r["rouge_l"]), "bleu": _fmt(r["bleu"]), "exact_match": _fmt(r["exact_match"]),
+             "forgetting": f"{r['forgetting']:+.1f}%" if r["forgetting"] is not None else "",
+             "train_seconds": _fmt(r["train_seconds"], 0)} for r in board["rows"]],
+           ["rank", "model", "rating", "95% CI", "votes", "win_rate", "perplexity", "exact_match", "rouge_l",
+            "bleu", "forgetting", "method", "data", "train_seconds"])
+
+
+def cmd_leaderboard(args) -> None:
+    from core import leaderboard
+    db, _ = _db_ws()
+    board = leaderboard.build(db, campaign=args.campaign, dataset=args.dataset, anchor=args.anchor)
+    if args.json:
+        _print_json(board)
+    elif args.csv:
+        sys.stdout.write(leaderboard.to_csv(board["rows"]))
+    else:
+        _print_board(board)
+
+
+def cmd_demo(args) -> None:
+    from core import leaderboard
+    db, ws = _db_ws()
+    train = {k: v for k, v in (("max_steps", args.max_steps),) if v is not None}
+    settings = {k: v for k, v in (("limit", args.limit), ("max_new_tokens", args.max_new_tokens)) if v is not None}
+    with progress_bar("demo") as update:
+        out = leaderboard.demo(db, ws, model=args.model, train=train, eval_settings=settings, progress=update)
+    if args.json:
+        _print_json(out)
+        return
+    print(f"dataset {out['dataset']}; LoRA SFT run {out['run']} trained in {out['train_seconds']:.0f} s; "
+          f"evals {', '.join(f'{k} (#{v})' for k, v in out['evals'].items())}")
+    _print_board(out["leaderboard"])
+    print("The Leaderboard page shows the same rows (streamlit run streamlit_app.py).")
+
+
+# ---------------------------------------------------------------- feedback
+
+def _flags_from(parser, cls, skip=()) -> None:
+    """One --flag per dataclass field, help text from the field's metadata."""
+    import dataclasses
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0].replace("'", ""), str)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,
+                            help=f"{f.metadata.get('help', '')} (default: {f.default})")
+
+
+def cmd_feedback_create(args) -> None:
+    import dataclasses
+    from core import feedback
+    from core.generate import SamplingSettings
+    db, ws = _db_ws()
+    if bool(args.prompts) == bool(args.prompts_file):
+        raise UserError("give --prompts DATASET or --prompts-file FILE (one prompt per line)")
+    pasted = None
+    if args.prompts_file:
+        try:
+            pasted = [line for line in open(args.prompts_file).read().splitlines() if line.strip()]
+        except OSError as exc:
+            raise UserError(f"{args.prompts_file}: {exc.strerror}") from None
+    config = feedback.CampaignConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(feedback.CampaignConfig)})
+    settings = SamplingSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingSettings)})
+    c = feedback.create_campaign(db, ws, args.name, args.models.split(","), prompts=pasted, dataset=args.prompts,
+                                 config=config, settings=settings)
+    pid = feedback.start_generation(db, ws, c.name)
+    print(f"campaign {c.name}: generating answers in process {pid}", file=sys.stderr)
+    if args.wait:
+        with progress_bar(f"generating {c.name}") as update:
+            feedback.wait_generation(db, c.name, progress=update)
+    doc = feedback.quality(db, c.name)
+    _print_json(doc) if args.json else print(f"{c.name}: {doc['status']}, {doc['pairs']} pairs")
+
+
+def cmd_feedback_status(args) -> None:
+    from core import feedback
+    db, _ = _db_ws()
+    q = feedback.quality(db, args.name)
+    if args.json:
+        _print_json(q)
+        return
+    print(f"{q['campaign']}: {q['status']} ({q['progress']:.0%} {q['progress_message'] or ''})"
+          + (f" error: {q['error']}" if q["error"] else ""))
+    print(f"models: {', '.join(q['models'])}; pairs {q['pairs']} ({q['pairs_complete']} complete), "
+          f"gold {q['gold_pairs']}; votes {q['votes']} from {q['annotators']} annotators")
+    print(f"Cohen's kappa {q['cohen_kappa']}  Krippendorff's alpha {q['krippendorff_alpha']}  "
+          f"agreement {q['percent_agreement']}  left wins {q['left_win_rate']}")
+    _table(q["per_annotator"], ["annotator", "votes", "median_seconds", "agreement_with_majority", "gold_accuracy",
+                                "left_wins", "flagged"])
+
+
+def cmd_feedback_list(args) -> None:
+    from core import feedback
+    db, _ = _db_ws()
+    rows = [{"name": c.name, "status": c.status, "models": ",".join(c.models), "source": c.source,
+             "votes": db.execute("SELECT count(*) FROM votes WHERE campaign_id = ?", [c.id]).fetchone()[0],
+             "progress": round(c.progress, 3)} for c in feedback.list_campaigns(db)]
+    _print_json(rows) if args.json else _table(rows, ["name", "status", "models", "source", "votes", "progress"])
+
+
+def cmd_feedback_export(args) -> None:
+    from core import feedback
+    db, ws = _db_ws()
+    policy = feedback.ExportPolicy(min_votes=args.min_votes, min_agreement=args.min_agreement,
+                                   drop_ties=not args.keep_ties, drop_both_bad=not args.keep_both_bad)
+    doc = feedback.export(db, ws, args.name, args.format, args.out, policy, register=args.register)
+    _print_json(doc) if args.json else print(
+        f"wrote {doc['rows']} rows to {doc['out']}" + (f"; registered {doc['dataset']}" if doc.get("dataset") else ""))
+
+
+def cmd_feedback_import(args) -> None:
+    from core import feedback
+    db, _ = _db_ws()
+    doc = feedback.import_judgments(db, args.file, args.format, args.campaign)
+    _print_json(doc) if args.json else print(
+        f"{doc['campaign']}: {doc['votes_added']} votes added, {doc['votes_updated']} updated, {doc['skipped']} skipped")
+
+
+def cmd_feedback_gold(args) -> None:
+    from core import feedback
+    db, _ = _db_ws()
+    from pathlib import Path
+    if not Path(args.file).is_file():
+        raise UserError(f"{args.file}: no such file")
+    rows = []
+    for n, line in enumerate(Path(args.file).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{args.file} line {n}: not valid JSON ({exc.msg})") from None
+    print(f"added {feedback.add_gold(db, args.name, rows, source=args.file)} gold pairs to {args.name}")
+
+
+# ---------------------------------------------------------------- training runs
+
+def _run_row(run) -> dict:
+    st = run.progress()
+    cfg = run.config
+    return {"id": run.id, "method": run.method, "base": run.base_model, "dataset": run.dataset,
+            "tuning": run.tuning, "status": run.status,
+            "step": f"{st.get('step', 0)}/{st['max_steps']}" if st.get("max_steps") else "",
+            "loss": round(st["loss"], 4) if st.get("loss") is not None else None,
+            "lr": cfg.get("learning_rate"), "seconds": round(run.seconds), "error": run.error}
+
+
+def _wait_for_run(db, run_id: str) -> None:
+    """Progress bar until the run ends; exit 0 completed, 1 failed, stopped or interrupted."""
+    from core import runs
+    with progress_bar(f"run {run_id}") as update:
+        run = runs.wait(db, run_id, progress=update)
+    print(f"run {run_id} {run.status}" + (f": {run.error}" if run.error else ""), file=sys.stderr)
+    if runs.EXIT_CODES[run.status]:
+        raise SystemExit(runs.EXIT_CODES[run.status])
+
+
+def cmd_train(args) -> None:
+    from core import runs
+    from core.train import config
+    db, ws = _db_ws()
+    run_id = runs.launch(db, ws, config.load_file(args.config))
+    print(run_id, flush=True)
+    if args.wait:
+        _wait_for_run(db, run_id)
+
+
+def cmd_runs_list(args) -> None:
+    from core import runs
+    db, _ = _db_ws()
+    found = runs.list_runs(db)
+    if args.json:
+        _print_json([r.to_dict() for r in found])
+    else:
+        _table([_run_row(r) for r in found],
+               ["id", "method", "base", "dataset", "tuning", "status", "step", "loss", "lr", "seconds", "error"])
+
+
+def cmd_runs_show(args) -> None:
+    from core import cost, runs
+    db, _ = _db_ws()
+    run = runs.get(db, args.id)
+    doc = run.to_dict() | {"actual": cost.actual(run)}
+    if args.json:
+        _print_json(doc)
+        return
+    for key in ("id", "status", "method", "base_model", "dataset", "tuning", "init_from", "folder", "error"):
+        print(f"{key:>12}: {doc[key] if doc[key] is not None else ''}")
+    st = doc["progress"]
+    print(f"{'progress':>12}: step {st.get('step', 0)}/{st.get('max_steps') or '?'}, loss {st.get('loss')}, "
+          f"eval_loss {st.get('eval_loss')}, tokens {st.get('tokens')}")
+    act = doc["actual"]
+    est = f"{run.est_seconds:.0f} s, ${run.est_usd:.4f}" if run.est_seconds is not None else "none"
+    print(f"{'time, cost':>12}: {act['seconds']:.0f} s, ${act['usd'] or 0:.4f} (estimated {est})")
+    print("config:")
+    for key, value in doc["config"].items():
+        print(f"  {key}: {value}")
+
+
+def cmd_runs_stop(args) -> None:
+    from core import runs
+    db, _ = _db_ws()
+    run = runs.stop(db, args.id)
+    step = run.progress().get("step")
+    print(f"run {run.id} {run.status}" + (f" at step {step}" if step else ""))
+
+
+def cmd_runs_resume(args) -> None:
+    from core import runs
+    db, _ = _db_ws()
+    run = runs.resume(db, args.id)
+    print(f"run {run.id} {run.status}")
+    if args.wait:
+        _wait_for_run(db, run.id)
+
+
+def cmd_models_merge(args) -> None:
+    from core import runs
+    db, ws = _db_ws()
+    with progress_bar(f"merging {args.run_id}") as update:
+        info = runs.merge(db, ws, args.run_id, args.name, progress=update)
+    print(f"registered {info.name} ({info.params or '?'} parameters) at {info.path}")
+
+
+# ---------------------------------------------------------------- reward models
+
+def cmd_score(args) -> None:
+    from core.train import reward
+    db, ws = _db_ws()
+    value = reward.score(db, ws, args.reward, args.prompt, args.response)
+    if args.json:
+        _print_json({"reward_run": args.reward, "prompt": args.prompt, "response": args.response, "reward": value})
+    else:
+        print(f"{value:.4f}")
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +573,152 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", help="user name")
     x.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     x.set_defaults(func=cmd_users_password)
+
+    data = sub.add_parser("data", help="datasets: import, list, show, clean, split, export")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    x = dsub.add_parser("import", help="import a JSON, JSONL, CSV or Parquet file as a new dataset version")
+    x.add_argument("file", help="the file to import")
+    x.add_argument("--name", required=True, help="dataset name (a new version if it exists)")
+    x.add_argument("--format", default="auto", help="auto|alpaca|sharegpt|messages|prompt-completion|"
+                   "preference|kto|prompts (default: detected from the columns)")
+    x.add_argument("--map", action="append", metavar="TARGET=SOURCE",
+                   help="read field TARGET from the file's column SOURCE (repeatable)")
+    x.add_argument("--skip-invalid", action="store_true", help="import the good records and list the bad ones")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_data_import)
+    x = dsub.add_parser("list", help="datasets with their latest version")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_data_list)
+    x = dsub.add_parser("show", help="a version's stats and lineage")
+    x.add_argument("ref", metavar="NAME[@V]", help="dataset, optionally @version (default: latest)")
+    x.add_argument("--model", help="also measure token lengths with this model's tokenizer")
+    x.add_argument("--max-length", type=int, default=1024, help="count rows longer than this many tokens")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_data_show)
+    x = dsub.add_parser("export", help="write a version as JSONL (TRL formats), Parquet or a save_to_disk folder")
+    x.add_argument("ref", metavar="NAME[@V]", help="dataset, optionally @version")
+    x.add_argument("--format", required=True, help="jsonl|trl|parquet|hf")
+    x.add_argument("--out", required=True, help="file (one split) or folder (one file per split)")
+    x.set_defaults(func=cmd_data_export)
+    x = dsub.add_parser("clean", help="dedup, redact PII, filter by token length; each step a new version")
+    x.add_argument("ref", metavar="NAME[@V]", help="dataset, optionally @version")
+    x.add_argument("--dedup", choices=["exact", "near"], help="exact, or near (exact then MinHash/LSH)")
+    x.add_argument("--threshold", type=float, default=0.85, help="near dedup: Jaccard similarity that counts")
+    x.add_argument("--redact-pii", action="store_true",
+                   help="replace emails, phone numbers, card numbers, IPs and IBANs with <TYPE>")
+    x.add_argument("--max-tokens", type=int, help="drop rows longer than this (chat-templated, --model's tokenizer)")
+    x.add_argument("--min-tokens", type=int, help="drop rows shorter than this")
+    x.add_argument("--model", help="registered model whose tokenizer measures lengths")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_data_clean)
+    x = dsub.add_parser("split", help="train/validation(/test) split by ratio and seed, as a new version")
+    x.add_argument("ref", metavar="NAME[@V]", help="dataset, optionally @version")
+    x.add_argument("--val", type=float, default=0.1, help="validation fraction")
+    x.add_argument("--test", type=float, default=0.0, help="test fraction")
+    x.add_argument("--seed", type=int, default=0, help="shuffle seed: the same seed gives the same split")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_data_split)
+
+    x = sub.add_parser("eval", help="evaluate a model, adapter or baseline on an eval dataset (in the background)")
+    x.add_argument("model", help="registered model name")
+    _eval_flags(x)
+    x.add_argument("--wait", action="store_true", help="wait for it, with progress, and print the metrics")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_eval)
+    x = sub.add_parser("leaderboard", help="one row per model: human rating with 95%% interval, rank, eval metrics")
+    x.add_argument("--campaign", help="ratings from this campaign's votes only (default: all campaigns)")
+    x.add_argument("--dataset", help="eval results on this dataset NAME[@V] (default: the latest evaluated)")
+    x.add_argument("--anchor", help="model rated exactly 1000 (default: the bundled model, else a base model)")
+    fmt = x.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+    fmt.add_argument("--csv", action="store_true", help="print CSV")
+    x.set_defaults(func=cmd_leaderboard)
+    x = sub.add_parser("demo", help="the whole loop on the sample data: import, LoRA SFT, eval vs prompting and RAG, "
+                                    "leaderboard (a few minutes on CPU)")
+    x.add_argument("--model", default="smollm2-135m-instruct", help="registered model to fine-tune")
+    x.add_argument("--max-steps", type=int, help="training steps (default from core.leaderboard.DEMO_TRAIN)")
+    x.add_argument("--limit", type=int, help="eval rows per model (default from core.leaderboard.DEMO_EVAL)")
+    x.add_argument("--max-new-tokens", type=int, help="most tokens per eval answer")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_demo)
+
+    fb = sub.add_parser("feedback", help="preference campaigns: create, status, export, import, gold pairs")
+    fsub = fb.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
+    x = fsub.add_parser("create", help="create a campaign and generate its answers in a background process")
+    x.add_argument("name", help="campaign name")
+    x.add_argument("--prompts", help="dataset whose prompts to use: NAME or NAME@VERSION")
+    x.add_argument("--prompts-file", help="a text file with one prompt per line (instead of --prompts)")
+    x.add_argument("--models", required=True, help="comma-separated model specs: NAME or NAME+RUN_ID")
+    from core.feedback import CampaignConfig
+    from core.generate import SamplingSettings
+    _flags_from(x, CampaignConfig)
+    _flags_from(x, SamplingSettings)
+    x.add_argument("--wait", action="store_true", help="wait for generation, with a progress bar")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_feedback_create)
+    x = fsub.add_parser("status", help="generation progress, votes, agreement, per-annotator figures")
+    x.add_argument("name", help="campaign name")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_feedback_status)
+    x = fsub.add_parser("list", help="campaigns")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_feedback_list)
+    x = fsub.add_parser("export", help="aggregated preferences (trl) or raw votes (battles) as JSONL")
+    x.add_argument("name", help="campaign name")
+    x.add_argument("--format", required=True, choices=["trl", "battles"], help="trl or battles")
+    x.add_argument("--out", required=True, help="JSONL file to write")
+    x.add_argument("--register", help="also register the trl rows as this preference dataset")
+    x.add_argument("--min-votes", type=int, default=1, help="leave out pairs with fewer votes")
+    x.add_argument("--min-agreement", type=float, default=0.5, help="least share of votes agreeing with the majority")
+    x.add_argument("--keep-ties", action="store_true", help="keep pairs whose majority is a tie (margin 0)")
+    x.add_argument("--keep-both-bad", action="store_true", help="keep pairs whose majority is both bad (margin 0)")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_feedback_export)
+    x = fsub.add_parser("import", help="external judgments (Arena battles, AlpacaEval annotations) as a campaign")
+    x.add_argument("file", help="JSON or JSONL file")
+    x.add_argument("--format", required=True, choices=["arena", "alpaca_eval"], help="arena or alpaca_eval")
+    x.add_argument("--campaign", required=True, help="campaign to create (or add to, if imported before)")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_feedback_import)
+    x = fsub.add_parser("gold", help="add gold pairs (JSONL: prompt, chosen, rejected) to measure accuracy")
+    x.add_argument("name", help="campaign name")
+    x.add_argument("file", help="JSONL file; 'chosen' is the known better answer")
+    x.set_defaults(func=cmd_feedback_gold)
+
+    x = msub.add_parser("merge", help="merge a LoRA run's adapter into its base as a new registered model")
+    x.add_argument("run_id", help="a completed LoRA or QLoRA run")
+    x.add_argument("--name", required=True, help="name to register the merged model under")
+    x.set_defaults(func=cmd_models_merge)
+
+    x = sub.add_parser("train", help="launch a training run from a YAML config; prints the run id")
+    x.add_argument("config", help="YAML file with TRL/transformers keys (method, base_model, dataset, tuning, ...)")
+    x.add_argument("--wait", action="store_true",
+                   help="show progress and exit with the outcome: 0 completed, 1 failed/stopped/interrupted")
+    x.set_defaults(func=cmd_train)
+
+    runs_p = sub.add_parser("runs", help="training runs: list, show, stop, resume")
+    rsub = runs_p.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    x = rsub.add_parser("list", help="every run, newest first")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_runs_list)
+    x = rsub.add_parser("show", help="one run: status, progress, time and cost, config")
+    x.add_argument("id", help="run id")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_runs_show)
+    x = rsub.add_parser("stop", help="stop a run: it saves a checkpoint, then exits (killed after 30 s)")
+    x.add_argument("id", help="run id")
+    x.set_defaults(func=cmd_runs_stop)
+    x = rsub.add_parser("resume", help="continue a stopped, interrupted or failed run from its latest checkpoint")
+    x.add_argument("id", help="run id")
+    x.add_argument("--wait", action="store_true", help="show progress and exit with the outcome")
+    x.set_defaults(func=cmd_runs_resume)
+
+    x = sub.add_parser("score", help="the reward a trained reward model (a method: reward run) gives one answer")
+    x.add_argument("--reward", required=True, metavar="RUN_ID", help="a completed reward-model run")
+    x.add_argument("--prompt", required=True, help="the user's message")
+    x.add_argument("--response", required=True, help="the answer to score")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_score)
 
     return p
 

@@ -9,6 +9,8 @@ helpers: those wrap themselves in `with conn:`, which would commit the outer tra
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -44,6 +46,164 @@ MIGRATIONS: list[tuple[str, str]] = [
         chat_template TEXT,
         created_at REAL NOT NULL
     );
+    """),
+    ("0002_datasets", """
+    CREATE TABLE datasets (
+        name TEXT PRIMARY KEY,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE dataset_versions (
+        name TEXT NOT NULL REFERENCES datasets(name) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('sft', 'preference', 'kto', 'prompts')),
+        rows INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        splits_json TEXT NOT NULL,              -- {"train": 900, "validation": 100}
+        format TEXT,                            -- the source format an import detected or was given
+        source_name TEXT,                       -- the imported file's name, or e.g. 'campaign:3'
+        source_hash TEXT,
+        transform TEXT NOT NULL,                -- import | dedup_exact | dedup_near | redact_pii | ...
+        params_json TEXT NOT NULL,
+        parent TEXT,                            -- 'name@version' this one was made from
+        report_json TEXT NOT NULL,              -- what the step did: counts, removed examples
+        created_at REAL NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    """),
+    ("0003_runs", """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        method TEXT NOT NULL,                   -- sft | reward | dpo | ... (a module in core/train/)
+        base_model TEXT NOT NULL,
+        dataset TEXT NOT NULL,                  -- 'name@version', pinned at launch
+        tuning TEXT NOT NULL,                   -- full | lora | qlora
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'stopped',
+                                                'interrupted')),
+        created_at REAL NOT NULL,
+        started_at REAL,                        -- first start
+        finished_at REAL,
+        pid INTEGER,                            -- the run process while it runs
+        proc_start REAL,                        -- its start time, so a reused pid is not taken for it
+        attempt_started_at REAL,                -- this start or resume
+        run_seconds REAL NOT NULL DEFAULT 0,    -- process time summed over starts and resumes
+        stop_requested_at REAL,
+        error TEXT,
+        config_json TEXT NOT NULL,              -- the resolved config (also config.yaml in the folder)
+        folder TEXT NOT NULL,
+        init_from TEXT,
+        device TEXT,                            -- cpu | cuda, where the estimate was made
+        est_seconds REAL,
+        est_usd REAL,
+        hour_usd REAL                           -- the price per hour used for the estimate and the actual
+    );
+    CREATE INDEX runs_status ON runs(status, created_at);
+    """),
+    ("0005_eval", """
+    CREATE TABLE eval_runs (
+        id INTEGER PRIMARY KEY,
+        label TEXT NOT NULL,                    -- the leaderboard row: 'model', 'model+run', 'model [rag]'
+        model TEXT NOT NULL,                    -- registered model name
+        adapter TEXT,                           -- run id whose LoRA adapter was applied
+        baseline TEXT CHECK (baseline IS NULL OR baseline IN ('prompting', 'rag')),
+        dataset TEXT NOT NULL,                  -- 'name@version', pinned at launch
+        reward TEXT,                            -- run id of the reward model, if any
+        config_json TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'stopped')),
+        progress REAL NOT NULL DEFAULT 0,
+        message TEXT,
+        metrics_json TEXT,                      -- set when completed
+        error TEXT,
+        pid INTEGER,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE INDEX eval_runs_dataset ON eval_runs(dataset, status, finished_at);
+    """),
+    ("0004_feedback", """
+    CREATE TABLE campaigns (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        source TEXT NOT NULL,                   -- 'dataset:name@version' | 'pasted' | 'import:arena' | ...
+        models_json TEXT NOT NULL,              -- model specs: NAME or NAME+RUN_ID
+        samples INTEGER NOT NULL,
+        overlap INTEGER NOT NULL,               -- K: votes wanted per pair
+        settings_json TEXT NOT NULL,            -- core.generate.SamplingSettings
+        guidelines TEXT NOT NULL DEFAULT '',
+        judge TEXT,                             -- the source of imported judgments
+        status TEXT NOT NULL CHECK (status IN ('pending', 'generating', 'ready', 'failed')),
+        progress REAL NOT NULL DEFAULT 0,
+        progress_message TEXT,
+        pid INTEGER,
+        error TEXT,
+        created_by INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE campaign_prompts (
+        id INTEGER PRIMARY KEY,
+        campaign_id INTEGER NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        messages_json TEXT NOT NULL,
+        gold INTEGER NOT NULL DEFAULT 0,        -- a gold pair's prompt, answered by the gold file
+        UNIQUE (campaign_id, idx)
+    );
+    CREATE TABLE responses (
+        id INTEGER PRIMARY KEY,
+        prompt_id INTEGER NOT NULL REFERENCES campaign_prompts(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,                    -- model spec, 'gold', or an imported generator
+        sample INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        settings_json TEXT NOT NULL,
+        seed INTEGER,
+        created_at REAL NOT NULL,
+        UNIQUE (prompt_id, model, sample)
+    );
+    CREATE TABLE pairs (
+        id INTEGER PRIMARY KEY,
+        campaign_id INTEGER NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+        prompt_id INTEGER NOT NULL REFERENCES campaign_prompts(id) ON DELETE CASCADE,
+        response_a INTEGER NOT NULL REFERENCES responses(id) ON DELETE CASCADE,
+        response_b INTEGER NOT NULL REFERENCES responses(id) ON DELETE CASCADE,
+        gold TEXT CHECK (gold IS NULL OR gold IN ('a', 'b')),   -- the known answer of a gold pair
+        votes_needed INTEGER,                   -- K; NULL: every annotator once (gold) or no claims (imported)
+        n_votes INTEGER NOT NULL DEFAULT 0,     -- kept in step with votes inside each vote's transaction
+        position REAL NOT NULL                  -- random order in which pairs are handed out
+    );
+    CREATE INDEX pairs_order ON pairs(campaign_id, position);
+    CREATE INDEX pairs_responses ON pairs(response_a, response_b);
+    CREATE TABLE assignments (
+        id INTEGER PRIMARY KEY,
+        pair_id INTEGER NOT NULL REFERENCES pairs(id) ON DELETE CASCADE,
+        campaign_id INTEGER NOT NULL,
+        annotator_id INTEGER NOT NULL,          -- users.id; 0 is the local admin
+        annotator TEXT NOT NULL,
+        left_is_a INTEGER NOT NULL,             -- the side randomization of this showing
+        claimed_at REAL NOT NULL,
+        shown_at REAL NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('open', 'voted', 'skipped', 'expired')),
+        UNIQUE (pair_id, annotator_id)
+    );
+    CREATE INDEX assignments_annotator ON assignments(campaign_id, annotator_id, status);
+    CREATE TABLE votes (
+        id INTEGER PRIMARY KEY,
+        pair_id INTEGER NOT NULL REFERENCES pairs(id) ON DELETE CASCADE,
+        campaign_id INTEGER NOT NULL,
+        annotator_id INTEGER NOT NULL,          -- users.id (0 local admin); negative: an imported judge
+        annotator TEXT NOT NULL,
+        choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'both_bad')),   -- in pair terms
+        strength INTEGER CHECK (strength IS NULL OR strength IN (1, 2)),      -- 1 slightly, 2 much better
+        left_is_a INTEGER,                      -- NULL when the source did not say
+        left_model TEXT,                        -- the model shown on the left
+        shown_at REAL,
+        cast_at REAL NOT NULL,
+        seconds REAL,
+        UNIQUE (pair_id, annotator_id)
+    );
+    CREATE INDEX votes_annotator ON votes(campaign_id, annotator_id, cast_at);
+    """),
+    ("0009_runs_backend", """
+    ALTER TABLE runs ADD COLUMN backend TEXT NOT NULL DEFAULT 'local';  -- local | ray
+    ALTER TABLE runs ADD COLUMN ray_job_id TEXT;   -- backend ray: the job's submission id, this attempt's
     """),
 ]
 
@@ -94,15 +254,34 @@ def _statements(sql: str) -> list[str]:
 
 @contextmanager
 def transaction(db: sqlite_utils.Database):
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-    db.execute("BEGIN IMMEDIATE")
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+    Writers first queue on a blocking flock beside the DB. SQLite's busy handler polls with sleeps
+    that grow to 100 ms, so with 20 annotators voting at once the unlucky ones waited hundreds of ms
+    (bench/votes.py); a flock is handed over the moment it is released. Each connection opens its
+    own lock file handle, so threads with their own connections exclude each other too.
+    """
+    lock = _writer_lock(db)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    else:
-        db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _writer_lock(db: sqlite_utils.Database):
+    fh = getattr(db, "_writer_lock_file", None)
+    if fh is None:
+        path = db.execute("PRAGMA database_list").fetchone()[2]
+        fh = db._writer_lock_file = open(f"{path}.write-lock" if path else os.devnull, "a")
+    return fh
 
 
 def open_workspace_db():
