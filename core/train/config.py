@@ -1,0 +1,385 @@
+"""A run's config: one YAML file whose keys are the names TRL and transformers use.
+
+Every method shares `RunConfig`; a method module `core/train/<method>.py` subclasses it as `Config`
+with its own fields and defines `train(ctx)`. `method:` in the YAML picks the module, so adding a
+method is adding one file. The CLI, the Launch page form and the docs all read these dataclasses.
+
+    parse_yaml(text, source)  -> Config   (keys and types checked, line numbers in errors)
+    resolve(db, ws, cfg)      -> Config   (model, dataset and init_from checked; dataset pinned)
+    to_yaml(cfg)              -> str      (the resolved config, saved as <run>/config.yaml)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import pkgutil
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from core.errors import UserError
+
+TUNINGS = ("full", "lora", "qlora")
+BACKENDS = ("local", "ray")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
+
+
+@dataclass
+class LoraSettings:
+    r: int = field(default=16, metadata={"help": "LoRA rank: the adapter's inner width.", "min": 1})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha; the update is scaled by alpha / r.", "min": 1})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter's input.", "min": 0.0,
+                                                   "max": 1.0})
+    target_modules: str | list[str] = field(default="all-linear", metadata={
+        "help": "Which layers get adapters: 'all-linear' (every linear layer but the output head) or a list of "
+                "module names such as [q_proj, v_proj]."})
+
+
+@dataclass
+class RunConfig:
+    """The keys every training method has."""
+    base_model: str = field(metadata={"help": "A registered model (see `tunelab models list`)."})
+    dataset: str = field(metadata={"help": "Dataset version as name@version; a bare name means the latest "
+                                           "version and is pinned at launch."})
+    method: str = field(default="sft", metadata={"help": "Training method: a module in core/train/."})
+    init_from: str | None = field(default=None, metadata={
+        "help": "Start from a completed run's result (its adapter or model) instead of the bare base model."})
+    tuning: str = field(default="lora", metadata={
+        "help": "full: train every weight. lora: train small adapters, base frozen. qlora: LoRA on a 4-bit "
+                "base (needs a CUDA GPU and bitsandbytes).", "choices": TUNINGS})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings (lora and qlora)."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (AdamW).", "min": 0.0})
+    max_steps: int = field(default=-1, metadata={
+        "help": "Optimizer steps to train; -1 means run num_train_epochs instead.", "min": -1})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the data when max_steps is -1.",
+                                                           "min": 0.0})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Examples per forward pass.", "min": 1})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "help": "Forward passes per optimizer step; the effective batch is this times the batch size.", "min": 1})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule.",
+                                                                "choices": SCHEDULERS})
+    warmup_ratio: float = field(default=0.03, metadata={
+        "help": "Fraction of the steps spent warming the learning rate up from 0 (transformers 5 takes it as "
+                "a fractional warmup_steps).", "min": 0.0, "max": 0.999})
+    logging_steps: int = field(default=1, metadata={"help": "Write a metrics line every this many steps.", "min": 1})
+    save_steps: int = field(default=50, metadata={
+        "help": "Save a checkpoint (weights, optimizer and scheduler) every this many steps; resume starts from "
+                "the latest.", "min": 1})
+    eval_steps: int = field(default=50, metadata={
+        "help": "Compute the loss on the dataset's validation split every this many steps (when it has one).",
+        "min": 1})
+    seed: int = field(default=42, metadata={"help": "Seed for weights init, data order and dropout."})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute activations in the backward pass: about 40% less memory, about 19% slower on CPU."})
+    backend: str = field(default="local", metadata={
+        "help": "Where the run process runs: local (a process on this machine) or ray (a job on the Ray cluster at "
+                "ray_address; the code, the Python environment and the workspace must be at the same paths on its "
+                "nodes, e.g. on shared storage).", "choices": BACKENDS})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "backend ray: the cluster's dashboard address, e.g. http://127.0.0.1:8265; unset means the "
+                "RAY_ADDRESS environment variable. Pinned at launch."})
+    num_workers: int = field(default=1, metadata={
+        "help": "backend ray: data-parallel workers under Ray Train (DDP), each with a whole copy of the model; the "
+                "effective batch is num_workers x per_device_train_batch_size x gradient_accumulation_steps.",
+        "min": 1})
+    cpus_per_worker: int = field(default=1, metadata={
+        "help": "backend ray: CPUs each worker reserves on the cluster (on CPU, also its torch threads).", "min": 1})
+    gpus_per_worker: float | None = field(default=None, metadata={
+        "help": "backend ray: GPUs each worker reserves; unset means 1 if the cluster has GPUs, else 0. Pinned "
+                "at launch.", "min": 0.0})
+    num_processes: int = field(default=1, metadata={
+        "help": "backend local: data-parallel processes on this machine (DDP; one per GPU, or sharing the cores "
+                "on CPU); the effective batch is num_processes x per_device_train_batch_size x "
+                "gradient_accumulation_steps.", "min": 1})
+
+    # Dataset kinds this method trains on; a method's Config overrides it.
+    dataset_kinds: typing.ClassVar[tuple[str, ...]] = ("sft",)
+
+
+# ---------------------------------------------------------------- methods
+
+# Modules in core/train/ that are not methods.
+_NOT_METHODS = {"config", "runtime", "distributed"}
+
+
+@cache
+def methods() -> dict[str, types.ModuleType]:
+    """Method name -> module: every core/train/<name>.py that defines `Config` and `train`."""
+    import core.train
+    found = {}
+    for info in pkgutil.iter_modules(core.train.__path__):
+        if info.name.startswith("_") or info.name in _NOT_METHODS:
+            continue
+        module = importlib.import_module(f"core.train.{info.name}")
+        if hasattr(module, "Config") and hasattr(module, "train"):
+            found[info.name] = module
+    return found
+
+
+def config_class(method: str) -> type[RunConfig]:
+    known = methods()
+    if method not in known:
+        raise UserError(f"key 'method': unknown method {method!r}; known: {', '.join(sorted(known))}")
+    return known[method].Config
+
+
+# ---------------------------------------------------------------- parsing and type checks
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Top-level and lora.* key -> 1-based line, from the YAML node tree."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            lines[str(k.value)] = k.start_mark.line + 1
+            if isinstance(v, yaml.MappingNode):
+                for k2, _ in v.value:
+                    lines[f"{k.value}.{k2.value}"] = k2.start_mark.line + 1
+    return lines
+
+
+def parse_yaml(text: str, source: str = "config") -> RunConfig:
+    """The config in a YAML text, checked key by key. Errors name the file, line and key."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of keys to values at the top level")
+    return from_dict(raw, source, _key_lines(text))
+
+
+def load_file(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    return parse_yaml(path.read_text(), str(path))
+
+
+def from_dict(raw: dict, source: str = "config", lines: dict[str, int] | None = None) -> RunConfig:
+    """Build the method's Config from a mapping (YAML or a form), rejecting unknown keys and wrong types."""
+    lines = lines or {}
+
+    def where(key: str) -> str:
+        return f"{source}: line {lines[key]}: key {key!r}" if key in lines else f"{source}: key {key!r}"
+
+    method = raw.get("method", "sft")
+    if not isinstance(method, str):
+        raise UserError(f"{where('method')}: must be a method name, got {method!r}")
+    try:
+        cls = config_class(method)
+    except UserError as exc:
+        raise UserError(f"{where('method')}: {str(exc).split(': ', 1)[1]}") from None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{where(str(key))}: unknown key for method {method!r}{hint}; known keys: "
+                            f"{', '.join(fields)}")
+        if key == "lora":
+            values[key] = _lora(value, where, lines)
+        else:
+            values[key] = _check(value, hints[key], fields[key], where(key))
+    for f in fields.values():
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in values:
+            raise UserError(f"{source}: key {f.name!r} is required ({f.metadata.get('help', '')})")
+    return cls(**values)
+
+
+def _lora(value, where, lines) -> LoraSettings:
+    if value is None:
+        return LoraSettings()
+    if isinstance(value, LoraSettings):
+        return value
+    if not isinstance(value, dict):
+        raise UserError(f"{where('lora')}: must be a mapping with keys r, alpha, dropout, target_modules")
+    fields = {f.name: f for f in dataclasses.fields(LoraSettings)}
+    hints = typing.get_type_hints(LoraSettings)
+    out = {}
+    for key, v in value.items():
+        name = f"lora.{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean 'lora.{close[0]}'?)" if close else ""
+            raise UserError(f"{where(name)}: unknown key{hint}; known: {', '.join(fields)}")
+        out[key] = _check(v, hints[key], fields[key], where(name))
+    return LoraSettings(**out)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check(value, tp, f: dataclasses.Field, where: str):
+    """`value` converted to the field's type, or a UserError naming the key."""
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise UserError(f"{where}: must be set (a {_type_name(tp)})")
+    converted = _NO
+    for option in options:
+        converted = _convert(value, option)
+        if converted is not _NO:
+            break
+    if converted is _NO:
+        raise UserError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    meta = f.metadata
+    if "choices" in meta and converted not in meta["choices"]:
+        raise UserError(f"{where}: {converted!r} is not one of: {', '.join(map(str, meta['choices']))}")
+    if "min" in meta and isinstance(converted, (int, float)) and converted < meta["min"]:
+        raise UserError(f"{where}: must be at least {meta['min']}, got {converted!r}")
+    if "max" in meta and isinstance(converted, (int, float)) and converted > meta["max"]:
+        raise UserError(f"{where}: must be at most {meta['max']}, got {converted!r}")
+    return converted
+
+
+_NO = object()
+
+
+def _convert(value, tp):
+    if tp is bool:
+        return value if isinstance(value, bool) else _NO
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if tp is float:
+        if isinstance(value, bool):
+            return _NO
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                return _NO
+        return _NO
+    if tp is str:
+        return value if isinstance(value, str) else _NO
+    if typing.get_origin(tp) is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return _NO
+        items = [_convert(v, inner) for v in value]
+        return _NO if any(i is _NO for i in items) else items
+    return _NO
+
+
+# ---------------------------------------------------------------- resolution against the workspace
+
+def resolve(db, ws, cfg: RunConfig) -> RunConfig:
+    """Check the model, dataset and init_from exist and fit; pin the dataset version. Raises UserError."""
+    from core import datasets, models
+
+    if cfg.init_from:
+        row = db.execute("SELECT base_model, status, folder FROM runs WHERE id = ?", [cfg.init_from]).fetchone()
+        if row is None:
+            raise UserError(f"key 'init_from': no run {cfg.init_from!r}")
+        base, status, folder = row
+        if status != "completed" or not (Path(folder) / "final").is_dir():
+            raise UserError(f"key 'init_from': run {cfg.init_from} is {status}, and only a completed run's "
+                            "result can be a starting point")
+        if cfg.base_model != base:
+            raise UserError(f"key 'base_model': {cfg.base_model!r} differs from the base of init_from run "
+                            f"{cfg.init_from} ({base!r})")
+    try:
+        models.get_model(db, cfg.base_model)
+    except UserError as exc:
+        raise UserError(f"key 'base_model': {exc}") from None
+    try:
+        version = datasets.resolve(db, ws, cfg.dataset)
+    except UserError as exc:
+        raise UserError(f"key 'dataset': {exc}") from None
+    if version.kind not in cfg.dataset_kinds:
+        raise UserError(f"key 'dataset': {version.ref} is a {version.kind!r} dataset; method {cfg.method!r} "
+                        f"trains on {' or '.join(cfg.dataset_kinds)} datasets")
+    if cfg.tuning == "qlora":
+        check_qlora()
+    cfg = dataclasses.replace(cfg, dataset=version.ref)
+    cfg = resolve_backend(cfg)
+    # A method with keys of its own that name other things (e.g. grpo's reward_model run) checks them here.
+    method_resolve = getattr(methods()[cfg.method], "resolve", None)
+    return method_resolve(db, ws, cfg) if method_resolve else cfg
+
+
+def resolve_backend(cfg: RunConfig) -> RunConfig:
+    """Check the backend and data-parallel keys fit together and the machine or cluster; pin the Ray ones."""
+    if cfg.num_workers > 1 and cfg.backend != "ray":
+        raise UserError("key 'num_workers': data-parallel workers are for backend ray; on this machine use "
+                        "num_processes")
+    if cfg.num_processes > 1 and cfg.backend != "local":
+        raise UserError("key 'num_processes': several processes on this machine are for backend local; on a Ray "
+                        "cluster use num_workers")
+    if max(cfg.num_workers, cfg.num_processes) > 1 and cfg.tuning == "qlora":
+        raise UserError("key 'tuning': qlora trains in one process only (its 4-bit base is placed on GPU 0); use "
+                        "lora for data-parallel runs")
+    if cfg.num_processes > 1:
+        import torch
+        if torch.cuda.is_available() and cfg.num_processes > torch.cuda.device_count():
+            raise UserError(f"key 'num_processes': {cfg.num_processes} processes need as many GPUs, and this machine "
+                            f"has {torch.cuda.device_count()}")
+    if cfg.backend == "ray":
+        from core import ray_backend
+        return ray_backend.resolve(cfg)
+    return cfg
+
+
+def check_qlora() -> None:
+    """QLoRA's 4-bit base needs bitsandbytes kernels, which need CUDA: refuse early and say why."""
+    import importlib.util
+
+    import torch
+    if not torch.cuda.is_available():
+        raise UserError("key 'tuning': qlora needs a CUDA GPU (its 4-bit base uses bitsandbytes' CUDA kernels) "
+                        "and this machine has none; use tuning: lora, which trains the same adapters on a "
+                        "full-precision base")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("key 'tuning': qlora needs the bitsandbytes package: pip install bitsandbytes")
+
+
+# ---------------------------------------------------------------- output
+
+def to_dict(cfg: RunConfig) -> dict:
+    """Field order as declared, method first; lora nested."""
+    d = dataclasses.asdict(cfg)
+    return {"method": d.pop("method"), **d}
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """{'lora': {'r': 8}} -> {'lora.r': 8}, for diffs and tables."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def diff(configs: dict[str, dict]) -> dict[str, dict[str, object]]:
+    """Only the keys whose values differ between the configs: key -> {run id: value}."""
+    flats = {rid: flat(c) for rid, c in configs.items()}
+    keys = list(dict.fromkeys(k for f in flats.values() for k in f))
+    return {k: {rid: f.get(k) for rid, f in flats.items()} for k in keys
+            if len({repr(f.get(k)) for f in flats.values()}) > 1}
+
+
+def field_help(cls: type) -> list[tuple[str, dataclasses.Field, object]]:
+    """(name, field, type) for the form and the docs, in declared order."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, f, hints[f.name]) for f in dataclasses.fields(cls)]

@@ -1,0 +1,130 @@
+"""Supervised fine-tuning (SFT) with TRL's SFTTrainer: full, LoRA or QLoRA.
+
+The data is the dataset version's canonical `messages` rows, rendered by the model's own chat template.
+Loss is on assistant tokens only by default. TRL computes that from the template's
+`{% generation %}` markers; most templates have none, so, in this order:
+  1. the template already has markers: use it;
+  2. TRL ships a marked training template for this model family: TRL swaps it in;
+  3. a plain ChatML template (SmolLM2, the tiny test model, many others): we add the markers around
+     each assistant turn's content and its `<|im_end|>` (`mark_chatml`); the rendered text is unchanged;
+  4. otherwise, each conversation becomes prompt (every turn before the last assistant turn) +
+     completion (that turn), and TRL's completion-only loss trains the last assistant turn only.
+The chosen way is written to train.log and status.json (`loss_on`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from core.train.config import RunConfig
+
+
+@dataclass
+class Config(RunConfig):
+    method: str = field(default="sft", metadata={"help": "Training method: a module in core/train/."})
+    max_length: int = field(default=512, metadata={
+        "help": "Longest tokenized sequence; longer conversations are cut at the end. With packing, the length "
+                "of each packed row.", "min": 16})
+    packing: bool = field(default=True, metadata={
+        "help": "Pack several conversations into each max_length row (best-fit, no cross-attention between "
+                "them): less padding, about 30% more real tokens/s on CPU."})
+    assistant_only_loss: bool = field(default=True, metadata={
+        "help": "Compute the loss on the assistant's tokens only, not on the user's and system's."})
+
+    dataset_kinds = ("sft",)
+
+
+# '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' inside {{ }}, where
+# the newline is a real one or an escaped one.
+_CHATML_TURN = re.compile(
+    r"\{\{-?\s*'<\|im_start\|>'\s*\+\s*message\[(['\"])role\1\]\s*\+\s*'(\n|\\n)'\s*\+\s*"
+    r"message\[(['\"])content\3\]\s*\+\s*'<\|im_end\|>'\s*\+\s*'(?:\n|\\n)'\s*-?\}\}")
+_CHATML_TURN_CONCAT = re.compile(  # the same with '<|im_end|>\n' written as one literal
+    r"\{\{-?\s*'<\|im_start\|>'\s*\+\s*message\[(['\"])role\1\]\s*\+\s*'(\n|\\n)'\s*\+\s*"
+    r"message\[(['\"])content\3\]\s*\+\s*'<\|im_end\|>(?:\n|\\n)'\s*-?\}\}")
+
+
+def mark_chatml(template: str | None) -> str | None:
+    """A ChatML template with `{% generation %}` around each assistant turn's content and `<|im_end|>`.
+
+    Renders the same text as the original; None when the template is not the plain ChatML per-turn form.
+    """
+    if not template or re.search(r"\{%-?\s*generation\s*-?%\}", template):
+        return None
+    for pattern in (_CHATML_TURN, _CHATML_TURN_CONCAT):
+        m = pattern.search(template)
+        if m:
+            nl = m.group(2)
+            marked = ("{% if message['role'] == 'assistant' %}"
+                      f"{{{{ '<|im_start|>assistant{nl}' }}}}{{% generation %}}"
+                      "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+                      f"{{{{ '{nl}' }}}}{{% else %}}{m.group(0)}{{% endif %}}")
+            return template[:m.start()] + marked + template[m.end():]
+    return None
+
+
+def loss_plan(tokenizer) -> tuple[str, str | None]:
+    """(how the loss is masked, the template to train with or None for prompt-completion)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if template and has_generation_markers(template):
+        return "assistant tokens (the chat template's generation markers)", template
+    try:
+        patched = get_training_chat_template(tokenizer)
+        if patched:
+            return "assistant tokens (TRL's training template for this model family)", patched
+    except ValueError:  # TRL has no training template for this one
+        pass
+    marked = mark_chatml(template)
+    if marked:
+        return "assistant tokens (ChatML template with generation markers added by tunelab)", marked
+    return ("the last assistant turn of each conversation only (this chat template has no generation "
+            "markers and no known training variant, so conversations are split into prompt and completion)"), None
+
+
+def _messages(row: dict) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+
+
+def _prompt_completion(row: dict) -> dict:
+    msgs = _messages(row)
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return {"prompt": msgs[:last], "completion": [msgs[last]]}
+
+
+def train(ctx) -> None:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    cfg: Config = ctx.cfg
+    model, tokenizer, peft_config = ctx.load_model()
+    ctx.phase(f"reading {cfg.dataset}")
+    splits = ctx.dataset_rows()
+    original_template = tokenizer.chat_template
+
+    how, template = "all tokens", None
+    if cfg.assistant_only_loss:
+        how, template = loss_plan(tokenizer)
+    as_prompt_completion = cfg.assistant_only_loss and template is None
+    if template is not None:
+        tokenizer.chat_template = template
+    to_row = _prompt_completion if as_prompt_completion else (lambda r: {"messages": _messages(r)})
+    train_ds = Dataset.from_list([to_row(r) for r in splits["train"]])
+    eval_rows = splits.get("validation")
+    eval_ds = Dataset.from_list([to_row(r) for r in eval_rows]) if eval_rows else None
+    ctx.phase(f"loss on {how}; {len(train_ds)} training rows"
+              + (f", {len(eval_ds)} validation rows" if eval_ds is not None else ", no validation split"))
+    ctx.report(loss_on=how)
+
+    args = SFTConfig(
+        **ctx.training_args(has_eval=eval_ds is not None),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        assistant_only_loss=cfg.assistant_only_loss and not as_prompt_completion,
+        completion_only_loss=True if as_prompt_completion else None,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=peft_config)
+    # The saved result carries the model's own template; the markers only mattered for the loss mask.
+    ctx.fit(trainer, restore=lambda: setattr(tokenizer, "chat_template", original_template))

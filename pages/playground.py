@@ -1,0 +1,94 @@
+"""Playground: chat with a base model or a base with a run's LoRA adapter, with sampling settings; or send
+one prompt to two models with the same settings and read the answers side by side.
+
+Loaded models are cached (st.cache_resource) for inference only; training never happens in the app."""
+import dataclasses
+from pathlib import Path
+
+import streamlit as st
+
+from core import generate, models, runs
+from pages import _ui
+
+_ui.guard("playground")
+st.title("Playground")
+conn, ws = _ui.db(), _ui.ws()
+
+
+def model_specs() -> list[str]:
+    """`NAME` for each base model, `NAME+RUN_ID` for each completed LoRA/QLoRA run on it."""
+    specs = [m.name for m in models.list_models(conn) if m.kind != "reward"]
+    specs += [f"{r.base_model}+{r.id}" for r in runs.list_runs(conn)
+              if r.status == "completed" and r.tuning in ("lora", "qlora")]
+    return specs
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def load(model_dir: str, adapter_dir: str | None):
+    return generate.load(Path(model_dir), Path(adapter_dir) if adapter_dir else None)
+
+
+def model_of(spec: str):
+    name, _, run_id = spec.partition("+")
+    path = models.model_path(conn, ws, name)
+    adapter = generate.adapter_dir(ws.runs_dir, run_id) if run_id else None
+    return load(str(path), str(adapter) if adapter else None)
+
+
+def sampling_settings() -> generate.SamplingSettings:
+    """Sidebar inputs generated from SamplingSettings' fields and help text."""
+    values = {}
+    with st.sidebar:
+        st.subheader("Sampling")
+        for f in dataclasses.fields(generate.SamplingSettings):
+            help_text, key = f.metadata.get("help"), f"pg_{f.name}"
+            if f.name == "system_prompt":
+                values[f.name] = st.text_area("system prompt", value="", help=help_text, key=key).strip() or None
+            elif f.type in ("float", float):
+                values[f.name] = st.number_input(f.name, value=float(f.default), min_value=0.0, step=0.05,
+                                                 help=help_text, key=key)
+            else:
+                values[f.name] = st.number_input(f.name, value=int(f.default), min_value=0, step=1,
+                                                 help=help_text, key=key)
+    return generate.SamplingSettings(**values)
+
+
+specs = model_specs()
+settings = sampling_settings()
+chat_tab, compare_tab = st.tabs(["Chat", "Compare side by side"])
+
+with chat_tab:
+    spec = st.selectbox("model", specs, key="pg_model", help="A base model, or base+run for a run's adapter.")
+    history = st.session_state.setdefault("pg_history", {}).setdefault(spec, [])
+    if st.button("New chat", key="pg_clear"):
+        history.clear()
+    for m in history:
+        with st.chat_message(m["role"]):
+            st.text(m["content"])
+    prompt = st.chat_input("Message", key="pg_input")
+    if prompt:
+        history.append({"role": "user", "content": prompt})
+        with st.chat_message("user"):
+            st.text(prompt)
+        with _ui.user_errors(), st.chat_message("assistant"), st.spinner("Thinking…"):
+            model, tokenizer = model_of(spec)
+            [answer] = generate.generate(model, tokenizer, [list(history)], settings)
+            history.append({"role": "assistant", "content": answer})
+            st.text(answer)
+
+with compare_tab:
+    with st.form("pg_compare"):
+        left, right = st.columns(2)
+        a = left.selectbox("model A", specs, key="pg_a")
+        b = right.selectbox("model B", specs, index=min(1, len(specs) - 1), key="pg_b")
+        text = st.text_area("prompt", key="pg_compare_prompt")
+        go = st.form_submit_button("Ask both", type="primary")
+    if go and text.strip():
+        cols = st.columns(2)
+        for col, spec in zip(cols, (a, b)):
+            with col, _ui.user_errors(), st.spinner(f"{spec}…"):
+                model, tokenizer = model_of(spec)
+                [answer] = generate.generate(model, tokenizer, [text.strip()], settings)
+                st.markdown(f"**{spec}**")
+                st.text(answer)
+        st.caption(f"Same settings for both: {settings.to_dict()}")
