@@ -199,10 +199,11 @@ def add_local(db, path: str | Path, name: str, kind: str = "base", source: str =
 
 
 def adapters_of(db, name: str) -> list[dict]:
-    """Adapters trained on top of `name`: one per completed LoRA/QLoRA run."""
+    """Adapters trained on top of `name` that generate: one per completed LoRA/QLoRA policy run
+    (a LoRA reward model is a scoring head, not a chat adapter)."""
     if "runs" not in db.table_names():
         return []
     rows = db.execute("SELECT * FROM runs WHERE base_model = ? AND tuning IN ('lora', 'qlora') "
-                      "AND status = 'completed' ORDER BY created_at DESC", [name]).fetchall()
+                      "AND method != 'reward' AND status = 'completed' ORDER BY created_at DESC", [name]).fetchall()
     cols = [d[0] for d in db.execute("SELECT * FROM runs LIMIT 0").description]
     return [dict(zip(cols, r)) for r in rows]

@@ -137,6 +137,17 @@ else:
                 doc = feedback.export(conn, ws, selected, "trl", ws.home / "exports" / f"{selected}-preferences.jsonl",
                                       policy, register=dataset_name.strip())
                 st.success(f"Registered {doc['dataset']} ({doc['rows']} rows).")
+                st.session_state[f"registered_{selected}"] = doc["dataset"]
+    registered = st.session_state.get(f"registered_{selected}")
+    if registered:
+        st.markdown(f"**Next, with `{registered}`:**")
+        l1, l2, l3 = st.columns(3)
+        l1.page_link("pages/launch.py", label="Train a reward model on these votes", icon=":material/star:",
+                     query_params={"method": "reward", "dataset": registered})
+        l2.page_link("pages/launch.py", label="Improve the policy with DPO", icon=":material/trending_up:",
+                     query_params={"method": "dpo", "dataset": registered})
+        l3.page_link("pages/launch.py", label="Improve the policy with GRPO", icon=":material/trending_up:",
+                     query_params={"method": "grpo", "dataset": registered})
 
     # ------------------------------------------------------------ gold pairs
     with st.expander("Add gold pairs"):
