@@ -1,0 +1,132 @@
+"""The `ray` run backend: a run is a job on a Ray cluster, submitted with Ray's Job Submission API.
+
+The job's entrypoint is the same `python -m core.train <run folder>` a local run is; with `num_workers`
+above 1 that process starts Ray Train workers (core/train/distributed.py). Nothing is shipped with the
+job: the code, the interpreter and the workspace (database, models, datasets, run folders) must be at the
+same paths on the cluster's nodes. On one machine that holds already; on a cluster of several machines,
+put the repository, the Python environment and TUNELAB_HOME on shared storage mounted at the same path.
+The run process writes train.log, status.json, metrics.jsonl, checkpoints and final/ into the run folder
+and records its outcome in the database, as a local run does; core.runs asks the cluster for the job's
+state only to notice a job that died without reporting.
+
+Needs the `ray` extra (`pip install -e ".[ray]"`). Token auth follows the caller's environment
+(RAY_AUTH_MODE, RAY_AUTH_TOKEN), as for Ray's own CLI.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from core.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+ACTIVE = ("PENDING", "RUNNING")  # job states in which the run process may still be running
+# After a stop, the time the run gets to save a checkpoint before Ray kills it (Ray's default is 3 s).
+STOP_GRACE_S = 30
+
+
+def available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.job_submission") is not None
+
+
+_clients: dict[str, object] = {}
+
+
+def _client(address: str):
+    """One client per address: making one asks the cluster for its version."""
+    if address not in _clients:
+        from ray.job_submission import JobSubmissionClient
+        _clients[address] = JobSubmissionClient(address)
+    return _clients[address]
+
+
+def resolve(cfg):
+    """Check the Ray keys against the cluster and pin what they leave open (address, GPUs per worker)."""
+    if not available():
+        raise UserError("key 'backend': ray needs the ray package: pip install -e \".[ray]\" "
+                        "(or pip install \"ray[default,train]>=2.60,<3\")")
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UserError("key 'ray_address': backend ray needs the cluster's dashboard address, e.g. "
+                        "http://127.0.0.1:8265 (set ray_address or the RAY_ADDRESS environment variable)")
+    if "://" not in address:
+        address = f"http://{address}"
+    from ray.util.state import list_nodes
+    try:
+        nodes = [n for n in list_nodes(address=address, timeout=15) if n.state == "ALIVE"]
+    except Exception as exc:  # connection refused, timeout, auth: all say the same to the user
+        raise UserError(f"key 'ray_address': no Ray cluster answered at {address} "
+                        f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})"
+                        ) from None
+    cpus = sum(n.resources_total.get("CPU", 0) for n in nodes)
+    gpus = sum(n.resources_total.get("GPU", 0) for n in nodes)
+    gpus_per_worker = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    need_cpus, need_gpus = cfg.num_workers * cfg.cpus_per_worker, cfg.num_workers * gpus_per_worker
+    if need_cpus > cpus or need_gpus > gpus:
+        raise UserError(f"key 'num_workers': {cfg.num_workers} workers need {need_cpus:g} CPUs and {need_gpus:g} GPUs, "
+                        f"and the cluster at {address} has {cpus:g} CPUs and {gpus:g} GPUs "
+                        "(lower num_workers, cpus_per_worker or gpus_per_worker)")
+    return dataclasses.replace(cfg, ray_address=address, gpus_per_worker=gpus_per_worker)
+
+
+def submit(run_id: str, folder: Path, cfg: dict, job_id: str) -> None:
+    """Submit the run process as the Ray job `job_id` (one per attempt); `cfg` is the resolved config.
+    Raises UserError if the cluster cannot be reached or refuses it."""
+    folder = Path(folder)
+    # A job's bare `python` is whatever came first on PATH where `ray start` ran: name this interpreter.
+    # Its output goes to train.log, where a local run's goes; the Ray Train workers' lines reach it too.
+    entrypoint = (f"cd {shlex.quote(str(folder))} && exec {shlex.quote(sys.executable)} -m core.train "
+                  f"{shlex.quote(str(folder))} >> {shlex.quote(str(folder / 'train.log'))} 2>&1")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           "TUNELAB_RAY_JOB_ID": job_id,  # the run process closes its row by this, not by a pid
+           "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S),  # read by the job's supervisor
+           "RAY_COLOR_PREFIX": "0",  # plain "(RayTrainWorker pid=...)" prefixes in train.log
+           # Ray Train routes print() through its logger, which swallows the redirection that dill (under
+           # datasets' fingerprinting) relies on, and floods the log with bytecode listings.
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    single = cfg["num_workers"] == 1  # one worker: the run process trains itself, holding the resources
+    try:
+        _client(cfg["ray_address"]).submit_job(
+            entrypoint=entrypoint, submission_id=job_id, runtime_env={"env_vars": env},
+            metadata={"tunelab_run": run_id},
+            entrypoint_num_cpus=cfg["cpus_per_worker"] if single else 0,
+            entrypoint_num_gpus=cfg["gpus_per_worker"] if single else 0)
+    except Exception as exc:
+        raise UserError(f"the Ray cluster at {cfg['ray_address']} refused run {run_id}: "
+                        f"{type(exc).__name__}: {str(exc)[:300]}") from None
+
+
+def job_state(address: str, job_id: str) -> str | None:
+    """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED; LOST if the cluster does not know the job (it was
+    restarted); None if the cluster cannot be reached now."""
+    try:
+        return str(_client(address).get_job_status(job_id).value)
+    except RuntimeError as exc:
+        if "does not exist" in str(exc):
+            return "LOST"
+        return None
+    except Exception:
+        return None
+
+
+def job_message(address: str, job_id: str) -> str:
+    try:
+        info = _client(address).get_job_info(job_id)
+        return f"the Ray job {job_id} ended {info.status.value}: {info.message or 'no message'}"
+    except Exception as exc:
+        return f"the Ray job {job_id} could not be asked about ({type(exc).__name__})"
+
+
+def stop(address: str, job_id: str) -> None:
+    """Ray sends the run process SIGTERM, and SIGKILL after STOP_GRACE_S."""
+    try:
+        _client(address).stop_job(job_id)
+    except Exception as exc:
+        raise UserError(f"could not stop Ray job {job_id} at {address}: {type(exc).__name__}: {exc}") from None
