@@ -284,8 +284,8 @@ def _fmt(value, digits: int = 1):
 
 
 def _print_board(board: dict) -> None:
-    print(f"campaign: {board['campaign'] or 'all'} ({board['votes']} votes, anchor {board['anchor']} = 1000); "
-          f"eval set: {board['dataset'] or '-'}")
+    anchor = f", anchor {board['anchor']} = 1000" if board["anchor"] else ""
+    print(f"campaign: {board['campaign'] or 'all'} ({board['votes']} votes{anchor}); eval set: {board['dataset'] or '-'}")
     _table([{**r, "rating": _fmt(r["rating"], 0),
              "95% CI": f"{r['ci_low']:.0f}..{r['ci_high']:.0f}" if r["ci_low"] is not None else "",
              "win_rate": _fmt(r["win_rate"], 2), "perplexity": _fmt(r["perplexity"], 2),
@@ -429,7 +429,7 @@ def _run_row(run) -> dict:
     st = run.progress()
     cfg = run.config
     return {"id": run.id, "method": run.method, "base": run.base_model, "dataset": run.dataset,
-            "tuning": run.tuning, "status": run.status,
+            "tuning": run.tuning, "status": run.status, "backend": run.backend,
             "step": f"{st.get('step', 0)}/{st['max_steps']}" if st.get("max_steps") else "",
             "loss": round(st["loss"], 4) if st.get("loss") is not None else None,
             "lr": cfg.get("learning_rate"), "seconds": round(run.seconds), "error": run.error}
@@ -463,7 +463,8 @@ def cmd_runs_list(args) -> None:
         _print_json([r.to_dict() for r in found])
     else:
         _table([_run_row(r) for r in found],
-               ["id", "method", "base", "dataset", "tuning", "status", "step", "loss", "lr", "seconds", "error"])
+               ["id", "method", "base", "dataset", "tuning", "status", "backend", "step", "loss", "lr", "seconds",
+                "error"])
 
 
 def cmd_runs_show(args) -> None:
