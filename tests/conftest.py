@@ -183,11 +183,16 @@ def page(browser):
     context.close()
 
 
-def sign_in(page, app: App, name: str, password: str) -> None:
+def sign_in(page, app: App, name: str, password: str, expect_success: bool = True) -> None:
+    """Sign in through the form; on success, wait until the session cookie is written, so that a URL
+    opened next arrives as the same user."""
     page.goto(app.url)
     page.get_by_label("User name").fill(name)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
+    if expect_success:
+        page.get_by_text("Signed in as").wait_for()
+        page.wait_for_function("() => document.cookie.includes('tunelab_session=')")
 
 
 def wait_for_app(page) -> None:
