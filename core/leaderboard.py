@@ -1,0 +1,186 @@
+"""The leaderboard: one row per model, joining human ratings, eval results and training runs.
+
+- Ratings come from campaign votes (`feedback.battles`) through `ratings.rate`: Bradley–Terry on the
+  400·log10 scale with the anchor at 1000 (default: the bundled model, else a registered base model,
+  else the first model without an adapter), bootstrap 95% intervals, ranks from those intervals, and win rate against
+  the anchor.
+- Eval results are the latest completed eval run per row label on one eval dataset (default: the
+  dataset of the most recently finished eval). Baselines are rows of their own: `model [prompting]`,
+  `model [rag]`.
+- Training facts come from the run behind an adapter (`NAME+RUN_ID`) or a merged model
+  (source `run:<id>`): method, tuning, data used (name@version), training time and cost.
+
+`demo` runs the whole loop on the embedded defaults: import the sample SFT set, a short LoRA SFT
+of the bundled model, eval of base, prompting, RAG and the adapter, and this leaderboard.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import time
+from pathlib import Path
+from typing import Callable
+
+from core import evaluate, models, ratings
+from core.errors import UserError
+
+METRICS = ("loss", "perplexity", "exact_match", "rouge_l", "bleu", "chrf", "length_words", "reward",
+           "reference_perplexity", "forgetting")
+COLUMNS = ("model", "rank", "rating", "ci_low", "ci_high", "votes", "win_rate", "elo", *METRICS, "method",
+           "tuning", "data", "train_seconds", "cost_usd", "run_id", "run_status", "base_model", "adapter",
+           "baseline", "eval_id", "eval_dataset")
+
+
+def _split_label(label: str) -> tuple[str, str | None, str | None]:
+    """'model+run [rag]' -> ('model', 'run', 'rag')."""
+    baseline = None
+    if label.endswith("]") and " [" in label:
+        label, baseline = label[:-1].rsplit(" [", 1)
+    base, _, adapter = label.partition("+")
+    return base, adapter or None, baseline
+
+
+def _run_of(db, base: str, adapter: str | None) -> str | None:
+    if adapter:
+        return adapter
+    try:
+        source = models.get_model(db, base).source
+    except UserError:  # a model named in votes need not be registered here (imported battles)
+        return None
+    return source.split(":", 1)[1] if source.startswith("run:") else None
+
+
+def _training(db, run_id: str) -> dict:
+    from core import runs
+    try:
+        run = runs.get(db, run_id)
+    except UserError:  # imported votes may name a run this workspace never had
+        return {}
+    return {"method": run.method, "tuning": run.tuning, "data": run.dataset, "train_seconds": run.seconds,
+            "cost_usd": run.usd, "run_status": run.status}
+
+
+def default_anchor(db, names: list[str]) -> str | None:
+    """The bundled model if it has votes, else a registered base model, else the first plain name."""
+    plain = [n for n in names if "+" not in n]
+    registered = {m.name for m in models.list_models(db) if m.kind == "base"}
+    for choice in ([models.DEFAULT_MODEL] if models.DEFAULT_MODEL in plain else [],
+                   [n for n in plain if n in registered], plain, names):
+        if choice:
+            return choice[0]
+    return None
+
+
+def build(db, campaign: str | None = None, dataset: str | None = None, anchor: str | None = None,
+          rounds: int = ratings.ROUNDS, seed: int = 0) -> dict:
+    """{'rows': [...], 'anchor', 'campaign', 'dataset', 'votes', 'updated_at'}; rows best first."""
+    battles = []
+    if "votes" in db.table_names():
+        from core import feedback
+        battles = feedback.battles(db, campaign)
+    names = sorted({b["model_a"] for b in battles} | {b["model_b"] for b in battles})
+    anchor = anchor or default_anchor(db, names)
+    rated = {r.model: r for r in ratings.rate(battles, anchor=anchor, rounds=rounds, seed=seed)}
+
+    evals = evaluate.list_evals(db, dataset=dataset, status="completed")
+    if evals and not dataset:
+        newest = max(evals, key=lambda e: e["finished_at"] or 0)["dataset"]
+        evals = [e for e in evals if e["dataset"] == newest]
+    latest: dict[str, dict] = {}
+    for e in evals:  # newest first, so the first seen per label wins
+        latest.setdefault(e["label"], e)
+
+    rows = []
+    for label in sorted(set(rated) | set(latest)):
+        base, adapter, baseline = _split_label(label)
+        row = dict.fromkeys(COLUMNS)
+        row.update(model=label, base_model=base, adapter=adapter, baseline=baseline)
+        if label in rated:
+            r = rated[label]
+            row.update(rank=r.rank, rating=r.rating, ci_low=r.ci_low, ci_high=r.ci_high, votes=r.votes,
+                       win_rate=r.win_rate, elo=r.elo)
+        else:
+            row["votes"] = 0
+        if label in latest:
+            e = latest[label]
+            row.update({k: e["metrics"].get(k) for k in METRICS})
+            row.update(eval_id=e["id"], eval_dataset=e["dataset"])
+        run_id = _run_of(db, base, adapter)
+        if run_id:
+            row.update(run_id=run_id, **_training(db, run_id))
+        elif baseline:
+            k = latest[label]["config"]["k"] if label in latest else None
+            row.update(method=baseline, data=f"{row['eval_dataset']} train split, k={k}" if k else None)
+        else:
+            row["method"] = "base"
+        rows.append(row)
+    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, -(r["rating"] or 0), -(r["rouge_l"] or 0)))
+    stamps = [b.get("tstamp") or 0 for b in battles] + [e["finished_at"] or 0 for e in latest.values()]
+    return {"rows": rows, "anchor": anchor if rated else None, "campaign": campaign,
+            "dataset": next(iter(latest.values()))["dataset"] if latest else dataset,
+            "votes": len(battles), "updated_at": max(stamps) if stamps else None, "built_at": time.time()}
+
+
+def to_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- the whole loop on the defaults
+
+DEMO_DATA = Path(__file__).resolve().parents[1] / "data" / "samples" / "acme_router_sft.jsonl"
+DEMO_DATASET = "acme-router"
+DEMO_VALIDATION = 0.2   # 30 of the 150 sample rows are held out for the evals
+# About three minutes of LoRA SFT on 2 CPU cores for SmolLM2-135M (~60 trained tokens/s with packing):
+# the sample answers share one "Answer: ... / Steps: 1. 2. 3." format, which a few steps pick up.
+DEMO_TRAIN = {"method": "sft", "tuning": "lora", "learning_rate": 1e-3, "max_steps": 12,
+              "per_device_train_batch_size": 4, "max_length": 256, "packing": True, "warmup_ratio": 0.0,
+              "logging_steps": 1, "save_steps": 1000, "eval_steps": 1000, "seed": 0}
+DEMO_EVAL = {"limit": 20, "max_new_tokens": 96, "k": 3}
+
+
+def demo_dataset(db, ws, path: Path, name: str, report: Callable[[float, str], None]):
+    """The split sample dataset, imported once: a later demo reuses the version made from the same file."""
+    from core import datasets
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    known = {d["name"] for d in datasets.list_datasets(db)}
+    if name in known:
+        for version in reversed(datasets.versions(db, ws, name)):
+            if "validation" in version.files and datasets.lineage(db, ws, version.ref)[0].source_hash == digest:
+                return version
+    report(0.0, f"importing {path.name}")
+    imported = datasets.import_file(db, ws, path, name).version
+    return datasets.split(db, ws, imported.ref, val=DEMO_VALIDATION, seed=0)
+
+
+def demo(db, ws, model: str = models.DEFAULT_MODEL, train: dict | None = None, eval_settings: dict | None = None,
+         progress: Callable[[float, str], None] | None = None) -> dict:
+    """Import, fine-tune, evaluate (base, prompting, RAG, adapter) and build the leaderboard."""
+    from core import runs
+    report = progress or (lambda f, m: None)
+    report(0.0, f"preparing {model}")
+    models.model_path(db, ws, model, progress=lambda f, m: report(0.05 * f, m))
+    version = demo_dataset(db, ws, DEMO_DATA, DEMO_DATASET, lambda f, m: report(0.05, m))
+
+    run_id = runs.launch(db, ws, {**DEMO_TRAIN, **(train or {}), "base_model": model, "dataset": version.ref})
+    run = runs.wait(db, run_id, progress=lambda f, m: report(0.07 + 0.48 * f, f"training {run_id}: {m}"))
+    if run.status != "completed":
+        raise UserError(f"demo training run {run_id} {run.status}: {run.error or ''} (see {run.path / 'train.log'})")
+
+    settings = {**DEMO_EVAL, **(eval_settings or {})}
+    plans = [{}, {"baseline": "prompting"}, {"baseline": "rag"}, {"adapter": run_id}]
+    evals = {}
+    for i, plan in enumerate(plans):
+        config = evaluate.EvalConfig(model=model, dataset=version.ref, **settings, **plan)
+        eval_id = evaluate.create(db, ws, config)
+        lo, span = 0.55 + 0.44 * i / len(plans), 0.44 / len(plans)
+        # In this process: the same recorded eval run as `tunelab eval`, without a process start per eval.
+        evaluate.execute(db, ws, eval_id, lambda f, m: report(lo + span * f, f"eval {config.label}: {m}"))
+        evals[config.label] = eval_id
+    board = build(db, dataset=version.ref)
+    report(1.0, "done")
+    return {"dataset": version.ref, "run": run_id, "train_seconds": run.seconds, "evals": evals, "leaderboard": board}

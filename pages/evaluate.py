@@ -1,0 +1,88 @@
+"""Evaluate: launch eval runs (a model, an adapter, or the prompting / RAG baselines) and follow them."""
+import dataclasses
+import datetime as dt
+import json
+
+import pandas as pd
+import streamlit as st
+
+from core import datasets, evaluate, models
+from pages import _ui
+
+_ui.guard("evaluate")
+st.title("Evaluate")
+st.caption("Held-out loss and perplexity, exact match, ROUGE-L, BLEU and chrF on greedy answers, an optional "
+           "reward-model score, and forgetting (general-text perplexity against the base). Run the prompting and "
+           "RAG baselines on the same set to see whether fine-tuning beats them.")
+conn, ws = _ui.db(), _ui.ws()
+HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(evaluate.EvalConfig)}
+DEFAULT = evaluate.EvalConfig(model="", dataset="")
+
+model_names = [m.name for m in models.list_models(conn) if m.kind != "reward"]
+dataset_refs = [d["name"] for d in datasets.list_datasets(conn)]
+if not model_names or not dataset_refs:
+    st.info("Register a model and import a dataset first (Models and Datasets pages).")
+else:
+    with st.form("launch_eval"):
+        c1, c2, c3 = st.columns(3)
+        model = c1.selectbox("Model", model_names, help=HELP["model"])
+        adapters = [a["id"] for a in models.adapters_of(conn, model)]
+        adapter = c2.selectbox("Adapter (run)", ["none", *adapters], help=HELP["adapter"])
+        dataset = c3.selectbox("Eval dataset", dataset_refs, help=HELP["dataset"])
+        c1, c2, c3 = st.columns(3)
+        baseline = c1.radio("Baseline", ["none", *evaluate.BASELINES], horizontal=True, help=HELP["baseline"])
+        k = c2.number_input("k examples", 1, 20, DEFAULT.k, help=HELP["k"])
+        limit = c3.number_input("Rows (limit)", 1, 100_000, DEFAULT.limit, help=HELP["limit"])
+        c1, c2, c3 = st.columns(3)
+        max_new_tokens = c1.number_input("Max new tokens", 1, 4096, DEFAULT.max_new_tokens,
+                                         help=HELP["max_new_tokens"])
+        reward = c2.text_input("Reward model run id (optional)", help=HELP["reward"])
+        reference = c3.text_input("Reference set (optional)", help=HELP["reference"])
+        system_prompt = st.text_area("Baseline system prompt", DEFAULT.system_prompt, help=HELP["system_prompt"])
+        submitted = st.form_submit_button("Launch eval", type="primary")
+    if submitted:
+        with _ui.user_errors():
+            config = evaluate.EvalConfig(
+                model=model, dataset=dataset, adapter=None if adapter == "none" else adapter,
+                baseline=None if baseline == "none" else baseline, k=int(k), limit=int(limit),
+                max_new_tokens=int(max_new_tokens), reward=reward.strip() or None,
+                reference=reference.strip() or None, system_prompt=system_prompt)
+            eval_id = evaluate.launch(conn, ws, config)
+            st.success(f"Eval {eval_id} started: {config.label} on {dataset}.")
+
+
+@st.fragment(run_every=2.0)
+def eval_list() -> None:
+    rows = [evaluate.refresh(conn, e["id"]) if e["status"] in ("queued", "running") else e
+            for e in evaluate.list_evals(conn)]
+    st.subheader("Eval runs")
+    if not rows:
+        st.caption("No eval runs yet.")
+        return
+    for e in rows:
+        if e["status"] in ("queued", "running"):
+            st.progress(e["progress"] or 0.0, f"#{e['id']} {e['label']} on {e['dataset']}: {e['message'] or e['status']}")
+            if st.button("Stop", key=f"stop_{e['id']}"):
+                with _ui.user_errors():
+                    evaluate.stop(conn, e["id"])
+    table = [{"id": e["id"], "model": e["label"], "dataset": e["dataset"], "status": e["status"],
+              "started": dt.datetime.fromtimestamp(e["created_at"]).strftime("%m-%d %H:%M"),
+              **{k: (e["metrics"] or {}).get(k) for k in ("perplexity", "exact_match", "rouge_l", "bleu", "chrf",
+                                                           "reward", "forgetting")},
+              "error": e["error"]} for e in rows]
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+
+
+eval_list()
+
+done = [e for e in evaluate.list_evals(conn, status="completed")]
+if done:
+    st.subheader("Answers of one eval run")
+    pick = st.selectbox("Eval run", done, format_func=lambda e: f"#{e['id']} {e['label']} on {e['dataset']}")
+    st.json(pick["metrics"], expanded=False)
+    outputs = evaluate.evals_dir(ws) / str(pick["id"]) / "outputs.jsonl"
+    if outputs.exists():
+        answers = [json.loads(line) for line in outputs.read_text().splitlines()]
+        st.dataframe(pd.DataFrame([{"question": a["prompt"][-1]["content"], "reference": a["reference"],
+                                    "answer": a["answer"], "reward": a["reward"]} for a in answers]),
+                     hide_index=True, width="stretch")

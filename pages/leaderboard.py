@@ -1,0 +1,73 @@
+"""Leaderboard: one row per model with its human rating (95% interval, rank), eval metrics, forgetting and
+training facts; read-only, the viewer's home."""
+import datetime as dt
+import json
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from core import evaluate, feedback, leaderboard
+from pages import _ui
+
+user = _ui.guard("leaderboard")
+st.title("Leaderboard")
+conn = _ui.db()
+
+campaigns = [c.name for c in feedback.list_campaigns(conn)]
+eval_sets = sorted({e["dataset"] for e in evaluate.list_evals(conn, status="completed")})
+left, right = st.columns(2)
+campaign = left.selectbox("Campaign (human votes)", ["All campaigns", *campaigns], key="lb_campaign")
+eval_set = right.selectbox("Eval set (task metrics)", ["Latest evaluated", *eval_sets], key="lb_dataset")
+board = leaderboard.build(conn, campaign=None if campaign == "All campaigns" else campaign,
+                          dataset=None if eval_set == "Latest evaluated" else eval_set)
+rows = board["rows"]
+
+updated = dt.datetime.fromtimestamp(board["updated_at"]).strftime("%Y-%m-%d %H:%M") if board["updated_at"] else "never"
+st.caption(f"Last updated {updated} · {board['votes']} votes · eval set {board['dataset'] or '(none)'} · "
+           f"ratings are Bradley–Terry on Arena's scale: 400 points is 10:1 odds, {board['anchor'] or 'the anchor'} "
+           "is fixed at 1000; the interval is a 95% bootstrap interval; models whose intervals overlap share a rank.")
+if not rows:
+    st.info("Nothing to rank yet: run an eval (Evaluate page or `tunelab eval`), collect votes in a campaign, "
+            "or run `tunelab demo`.")
+    st.stop()
+
+rated = [r for r in rows if r["rating"] is not None]
+if rated:
+    frame = pd.DataFrame(rated)
+    base = alt.Chart(frame).encode(y=alt.Y("model:N", sort="-x", title=None))
+    chart = (base.mark_rule(strokeWidth=2).encode(x=alt.X("ci_low:Q", title="rating (95% interval)",
+                                                            scale=alt.Scale(zero=False)), x2="ci_high:Q")
+             + base.mark_point(filled=True, size=80).encode(
+                 x="rating:Q", tooltip=["model", alt.Tooltip("rating:Q", format=".0f"), "rank", "votes",
+                                        alt.Tooltip("win_rate:Q", format=".2f")]))
+    st.altair_chart(chart.properties(height=40 * len(rated) + 40), width="stretch")
+
+shown = ["rank", "model", "rating", "ci_low", "ci_high", "votes", "win_rate", "elo", "perplexity", "exact_match",
+         "rouge_l", "bleu", "chrf", "reward", "length_words", "forgetting", "method", "data", "train_seconds",
+         "cost_usd"]
+num = st.column_config.NumberColumn
+st.dataframe(pd.DataFrame(rows)[shown], hide_index=True, width="stretch", column_config={
+    "rating": num(format="%.0f"), "ci_low": num("95% low", format="%.0f"), "ci_high": num("95% high", format="%.0f"),
+    "win_rate": num("win rate vs anchor", format="%.2f"), "elo": num("Elo (online)", format="%.0f"),
+    "perplexity": num(format="%.2f"), "exact_match": num("exact match", format="%.1f"),
+    "rouge_l": num("ROUGE-L", format="%.1f"), "bleu": num("BLEU", format="%.1f"), "chrf": num("chrF", format="%.1f"),
+    "reward": num(format="%.3f"), "length_words": num("words", format="%.0f"),
+    "forgetting": num("forgetting", format="%+.1f%%", help="Change in general-text perplexity against the base"),
+    "data": st.column_config.TextColumn("data used"), "train_seconds": num("train s", format="%.0f"),
+    "cost_usd": num("cost", format="$%.4f")})
+
+a, b = st.columns(2)
+a.download_button("Download CSV", leaderboard.to_csv(rows), file_name="leaderboard.csv", mime="text/csv",
+                  key="lb_csv")
+b.download_button("Download JSON", json.dumps(board, indent=2, default=str), file_name="leaderboard.json",
+                  mime="application/json", key="lb_json")
+
+runs_page = Path(__file__).with_name("runs.py")
+linked = [r for r in rows if r["run_id"]]
+if linked and user.can_open("runs") and runs_page.exists():
+    st.subheader("Runs behind these rows")
+    for r in linked:
+        st.page_link("pages/runs.py", label=f"{r['model']}: run {r['run_id']} ({r['method']}, {r['data']})",
+                     query_params={"run": r["run_id"]}, icon=":material/monitoring:")
