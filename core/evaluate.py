@@ -397,7 +397,7 @@ def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = 
     report(0.02, f"loading {config.spec}")
     path = models.model_path(db, ws, config.model)
     adapter = generate.adapter_dir(ws.runs_dir, config.adapter) if config.adapter else None
-    model, tokenizer = generate.load(path, adapter)
+    model, tokenizer = generate.load(path, adapter, merge=False)  # the base perplexity below needs it apart
     bs = config.per_device_eval_batch_size
     ref_label, texts = reference_texts(db, ws, config.reference, config.limit)
     ref_length = min(config.max_length, 512)
@@ -406,9 +406,7 @@ def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = 
         report(0.03, "base reference perplexity (forgetting)")
         with model.disable_adapter():
             base_ppl = text_perplexity(model, tokenizer, texts, bs, ref_length)
-        # Merged weights generate the same answers much faster: unmerged all-linear LoRA layers took 117 s
-        # against 13 s for 8 answers of 96 tokens from SmolLM2-135M on 2 CPU cores.
-        model = model.merge_and_unload()
+        model = model.merge_and_unload()  # merged weights generate much faster (see generate.load)
 
     metrics: dict = {"rows": len(rows), "scored_rows": len(scored), "split": split, "dataset": version.ref}
     if scored:

@@ -31,8 +31,12 @@ def adapter_dir(runs_dir: Path, run_id: str) -> Path:
     return path
 
 
-def load(model_dir: Path, adapter: Path | None = None):
-    """Model and tokenizer, in eval mode, with the adapter applied when given."""
+def load(model_dir: Path, adapter: Path | None = None, merge: bool = True):
+    """Model and tokenizer, in eval mode, with the adapter applied when given.
+
+    The adapter is merged into the weights by default: unmerged all-linear LoRA layers generated ~9x
+    slower on CPU (117 s against 13 s for 8 answers of 96 tokens, SmolLM2-135M). Keep it unmerged
+    (`merge=False`) to switch it off later with `disable_adapter()`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -45,6 +49,8 @@ def load(model_dir: Path, adapter: Path | None = None):
     if adapter is not None:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(adapter))
+        if merge:
+            model = model.merge_and_unload()
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()

@@ -320,7 +320,8 @@ def _alive(pid: int | None, proc_start: float | None) -> bool:
 
 def _exit_note(pid: int) -> str:
     child = _children.pop(pid, None)
-    code = child.returncode if child is not None else None
+    # Reap it: _alive may have seen the zombie through psutil after its own poll() came too early.
+    code = child.wait(timeout=5) if child is not None else None
     if code is None:
         return "its exit code is unknown (the app or machine may have restarted)"
     if code < 0:

@@ -71,7 +71,7 @@ def test_stop_saves_a_checkpoint_and_the_queue_starts_the_next_run(sft_data):
     from core import runs, workspace
     db, ws, ref = sft_data
     assert workspace.get_setting(db, "max_concurrent_runs") == 1
-    long = tiny_config(ref, max_steps=500, save_steps=1000)
+    long = tiny_config(ref, max_steps=50_000, save_steps=100_000)  # far longer than the test takes
     first, second, third = (runs.launch(db, ws, {**long, "seed": s}) for s in range(3))
     assert [runs.get(db, r).status for r in (first, second, third)] == ["running", "queued", "queued"]
 
