@@ -1,14 +1,14 @@
 """The pipeline at a glance, for the home page: what exists at each stage."""
 from __future__ import annotations
 
-from core import models
+from core import leaderboard, models
 
 
 def _count(db, sql: str) -> int:
     return db.execute(sql).fetchone()[0]
 
 
-def pipeline_summary(db) -> dict:
+def pipeline_summary(db, top: int = 5) -> dict:
     """Counts per stage. A stage whose tables a module has not created yet counts as zero."""
     tables = set(db.table_names())
     out = {
@@ -22,4 +22,8 @@ def pipeline_summary(db) -> dict:
         "users": _count(db, "SELECT count(*) FROM users"),
     }
     out["runs"] = sum(out["runs_by_status"].values())
+    board = leaderboard.build(db, rounds=50)  # the home page shows the order, so fewer rounds will do
+    out["leaderboard_top"] = [
+        {"rank": r["rank"], "model": r["model"], "rating": r["rating"], "votes": r["votes"], "rouge_l": r["rouge_l"],
+         "method": r["method"]} for r in board["rows"][:top]]
     return out

@@ -20,7 +20,7 @@ c[4].metric("Models", summary["models"])
 if summary["runs_by_status"]:
     st.caption("Runs by status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["runs_by_status"].items())))
 
-top = summary.get("leaderboard_top") or []
+top = summary["leaderboard_top"]
 st.subheader("Leaderboard: top models")
 if top:
     st.dataframe(top, hide_index=True)
