@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
+from core import processes
 from core.errors import UserError
 from core.workspace import Workspace
 
@@ -528,27 +529,10 @@ def launch(db, ws: Workspace, config: EvalConfig) -> int:
     return eval_id
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A finished child of this process stays a zombie until reaped; reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
 def refresh(db, eval_id: int) -> dict:
     """The run, marking it failed if its process died without saying so."""
     row = get(db, eval_id)
-    if row["status"] in ("queued", "running") and row["pid"] and not _alive(row["pid"]):
+    if row["status"] in ("queued", "running") and row["pid"] and not processes.pid_alive(row["pid"]):
         time.sleep(0.2)  # the process may have written its last update just now
         row = get(db, eval_id)
         if row["status"] in ("queued", "running"):

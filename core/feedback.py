@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core import processes
 from core import agreement, db as dbmod
 from core.errors import UserError
 from core.generate import SamplingSettings
@@ -120,27 +121,12 @@ def list_campaigns(db) -> list[Campaign]:
 
 def _check_alive(db, c: Campaign) -> Campaign:
     """A campaign left 'generating' by a process that is gone is marked failed, so nobody waits forever."""
-    if c.status == "generating" and c.pid and not _pid_alive(c.pid):
+    if c.status == "generating" and c.pid and not processes.pid_alive(c.pid):
         c.status, c.error = "failed", (f"the generation process (pid {c.pid}) exited without finishing; "
                                        f"see campaign-{c.id}.log in the workspace")
         db.execute("UPDATE campaigns SET status = ?, error = ? WHERE id = ? AND status = 'generating'",
                    [c.status, c.error, c.id])
     return c
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A finished child we started ourselves stays a zombie until reaped; reap it so it reads as gone.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:

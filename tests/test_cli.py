@@ -2,7 +2,6 @@
 import argparse
 import json
 import re
-from pathlib import Path
 
 from core.cli import build_parser
 from tests.conftest import REPO, run_cli

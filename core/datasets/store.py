@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import processes
 from core import db as dbmod
 from core.errors import UserError
 from core.workspace import Workspace
@@ -148,16 +149,6 @@ def _write_rows(folder: Path, splits: dict[str, list[dict]]) -> str:
     return digest.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_orphans(db, ws: Workspace, name: str) -> None:
     """Inside the write lock: drop version folders without a DB row and dead writers' temp folders."""
     folder = ws.datasets_dir / name
@@ -168,7 +159,7 @@ def _clean_orphans(db, ws: Workspace, name: str) -> None:
         if re.fullmatch(r"v\d+", child.name) and int(child.name[1:]) not in known:
             shutil.rmtree(child, ignore_errors=True)
         m = re.fullmatch(r"\.tmp-(\d+)-\w+", child.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not processes.pid_alive(int(m.group(1))):
             shutil.rmtree(child, ignore_errors=True)
 
 
