@@ -100,6 +100,17 @@ def bundled_model(workspace, bundled_model_dir):
     return conn, ws, models.DEFAULT_MODEL
 
 
+def wait_until(predicate, timeout: float = 240.0, every: float = 0.2):
+    """Poll until `predicate()` is truthy and return its value; fail after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s")
+
+
 def run_cli(*args: str, env_home: Path | None = None, stdin: str | None = None, timeout: int = 600):
     """Run the real `tunelab` console script; returns CompletedProcess."""
     env = dict(os.environ)

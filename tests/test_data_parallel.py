@@ -1,20 +1,10 @@
 """Data parallelism on this machine (num_processes: 2, DDP over gloo on CPU): both ranks train one run,
 metrics come from rank 0 alone, and a stop makes both save the same checkpoint and leave together."""
-import time
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_until
 
 SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 
-
-def _until(predicate, timeout=240.0, every=0.3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s")
 
 
 def test_two_local_processes_train_one_run_and_stop_together(tiny_model):
@@ -24,7 +14,7 @@ def test_two_local_processes_train_one_run_and_stop_together(tiny_model):
     run_id = runs.launch(db, ws, {"base_model": "tiny", "dataset": ref, "tuning": "lora", "learning_rate": 2e-2,
                                   "max_steps": 500, "save_steps": 1000, "per_device_train_batch_size": 2,
                                   "max_length": 96, "num_processes": 2})
-    _until(lambda: runs.get(db, run_id).progress().get("step", 0) >= 3)
+    wait_until(lambda: runs.get(db, run_id).progress().get("step", 0) >= 3)
     run = runs.stop(db, run_id)
     assert run.status == "stopped" and run.error is None, (run.error, runs.log_tail(run, 60))
     status = run.progress()

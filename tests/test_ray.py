@@ -4,13 +4,12 @@ checkpoint saved; a 2-worker data-parallel run (Ray Train, DDP over gloo) lowers
 adapter that PEFT loads."""
 import json
 import os
-import time
 
 import pytest
 import yaml
 
 from core.errors import UserError
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, wait_until
 
 pytest.importorskip("ray.job_submission", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
@@ -47,15 +46,6 @@ def tiny_config(ref: str, **overrides) -> dict:
             **overrides}
 
 
-def _until(predicate, timeout=240.0, every=0.3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s")
-
 
 def test_backend_keys_are_checked_before_launch(sft_data):
     from core import runs
@@ -86,7 +76,7 @@ def test_ray_runs_fill_their_run_folder_and_stop_from_the_cli(sft_data, ray_clus
     run = runs.wait(db, run_id, poll_s=0.5, timeout_s=300)
     assert run.status == "completed", (run.error, runs.log_tail(run))
     # The run process recorded its outcome; the job ends as that process exits.
-    _until(lambda: ray_backend.job_state(ray_cluster.address, run.ray_job_id) == "SUCCEEDED", timeout=60)
+    wait_until(lambda: ray_backend.job_state(ray_cluster.address, run.ray_job_id) == "SUCCEEDED", timeout=60)
     train = [m for m in runs.read_metrics(ws, run_id) if m["kind"] == "train"]
     assert [m["step"] for m in train] == [1, 2, 3, 4] and all(m["loss"] > 0 for m in train)
     assert run.progress()["state"] == "completed" and run.run_seconds > 0
@@ -95,7 +85,7 @@ def test_ray_runs_fill_their_run_folder_and_stop_from_the_cli(sft_data, ray_clus
     shown = json.loads(run_cli("runs", "show", run_id, "--json", env_home=ws.home).stdout)
     assert shown["backend"] == "ray" and shown["ray_job_id"] == run.ray_job_id
 
-    _until(lambda: runs.get(db, long_id).progress().get("step", 0) >= 2)
+    wait_until(lambda: runs.get(db, long_id).progress().get("step", 0) >= 2)
     done = run_cli("runs", "stop", long_id, env_home=ws.home, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"run {long_id} stopped" in done.stdout

@@ -5,13 +5,12 @@ import json
 import os
 import re
 import signal
-import time
 
 import psutil
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, wait_until
 from tests.test_train import stop_leftover_runs
 
 SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
@@ -30,24 +29,15 @@ def tiny_config(ref: str, **overrides) -> dict:
             "per_device_train_batch_size": 2, "max_length": 96, "save_steps": 2, "warmup_ratio": 0.0, **overrides}
 
 
-def _until(predicate, timeout=240.0, every=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s")
-
 
 def test_sigkilled_run_is_interrupted_and_resumes_from_its_checkpoint(sft_data):
     from core import runs
     db, ws, ref = sft_data
     run_id = runs.launch(db, ws, tiny_config(ref))
     run = runs.get(db, run_id)
-    _until(lambda: (run.path / "checkpoint-2" / "trainer_state.json").exists())
+    wait_until(lambda: (run.path / "checkpoint-2" / "trainer_state.json").exists())
     os.kill(run.pid, signal.SIGKILL)
-    _until(lambda: not psutil.pid_exists(run.pid) or psutil.Process(run.pid).status() == psutil.STATUS_ZOMBIE)
+    wait_until(lambda: not psutil.pid_exists(run.pid) or psutil.Process(run.pid).status() == psutil.STATUS_ZOMBIE)
 
     run = runs.get(db, run_id)
     assert run.status == "interrupted" and "killed by SIGKILL" in run.error and run.pid is None
@@ -76,7 +66,7 @@ def test_stop_saves_a_checkpoint_and_the_queue_starts_the_next_run(sft_data):
     assert [runs.get(db, r).status for r in (first, second, third)] == ["running", "queued", "queued"]
 
     assert runs.stop(db, third).status == "stopped"  # a queued run leaves the queue and never starts
-    _until(lambda: runs.get(db, first).progress().get("step", 0) >= 2)
+    wait_until(lambda: runs.get(db, first).progress().get("step", 0) >= 2)
     run = runs.stop(db, first)
     assert run.status == "stopped" and run.error is None
     step = run.progress()["step"]
