@@ -345,15 +345,9 @@ def reconcile(db) -> None:
             if run.stop_requested_at and now - run.stop_requested_at > STOP_GRACE_S:
                 _signal(run.pid, signal.SIGKILL)
             continue
-        report = read_status(run.path)
-        state, error = report.get("state"), report.get("error")
-        if state not in FINAL or report.get("pid") != run.pid:
-            if run.stop_requested_at:
-                state, error = "stopped", None
-            else:
-                state = "interrupted"
-                error = (f"the run process (pid {run.pid}) ended without reporting an outcome; "
-                         f"{_exit_note(run.pid) if run.pid else 'it never started'}")
+        state, error = _outcome(run, lambda: (f"the run process (pid {run.pid}) ended without reporting an "
+                                              f"outcome; {_exit_note(run.pid) if run.pid else 'it never started'}"),
+                                check_pid=True)
         _close(db, run.id, run.pid, state, error)
     _schedule(db)
 
@@ -367,16 +361,21 @@ def _reconcile_ray(db, run: Run) -> None:
     job_state = ray_backend.job_state(address, run.ray_job_id) if run.ray_job_id else "LOST"
     if job_state is None or job_state in ray_backend.ACTIVE:
         return
+    state, error = _outcome(run, lambda: ("the run process ended without reporting an outcome; "
+                                          f"{ray_backend.job_message(address, run.ray_job_id)}"))
+    _close(db, run.id, None, state, error, run.ray_job_id)
+
+
+def _outcome(run: Run, why_unreported, check_pid: bool = False) -> tuple[str, str | None]:
+    """The final state of a run whose process has ended: what it reported in status.json, else stopped
+    (if a stop was asked for) or interrupted, with `why_unreported()` as the reason."""
     report = read_status(run.path)
     state, error = report.get("state"), report.get("error")
-    if state not in FINAL:
-        if run.stop_requested_at:
-            state, error = "stopped", None
-        else:
-            state = "interrupted"
-            error = (f"the run process ended without reporting an outcome; "
-                     f"{ray_backend.job_message(address, run.ray_job_id)}")
-    _close(db, run.id, None, state, error, run.ray_job_id)
+    if state in FINAL and not (check_pid and report.get("pid") != run.pid):
+        return state, error
+    if run.stop_requested_at:
+        return "stopped", None
+    return "interrupted", why_unreported()
 
 
 def _close(db, run_id: str, pid: int | None, state: str, error: str | None, ray_job_id: str | None = None) -> bool:

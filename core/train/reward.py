@@ -44,22 +44,16 @@ def load_model(ctx):
     An init_from LoRA adapter was trained on the causal LM, so it is merged into the base first and the merged
     backbone is copied under the new head (the causal LM's output layer is not used by a reward model).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cfg = ctx.cfg
-    ctx.phase(f"loading {cfg.base_model} with a reward head" + (f" from run {cfg.init_from}" if cfg.init_from else ""))
-    init = ctx.init_dir()
-    init_adapter = init is not None and (init / "adapter_config.json").exists()
-    model_dir = init if init is not None and not init_adapter else ctx.base_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model_dir, init, tokenizer, dtype = ctx.model_source(" with a reward head")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch.bfloat16 if ctx.device["bf16"] and cfg.tuning != "full" else torch.float32
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1, dtype=dtype)
     # The head pools the last token that is not padding, so the model must know which token pads.
     model.config.pad_token_id = tokenizer.pad_token_id
-    if init_adapter:
+    if init is not None:
         from peft import PeftModel
         causal = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
         merged = PeftModel.from_pretrained(causal, str(init)).merge_and_unload()

@@ -87,6 +87,24 @@ class RunContext:
             raise UserError(f"key 'init_from': run {self.cfg.init_from} has no result in its final/ folder")
         return Path(row[0]) / "final"
 
+    def model_source(self, what: str = ""):
+        """(model_dir, init_adapter, tokenizer, dtype): where the starting weights come from, for every method.
+
+        init_from's result when it is a full model; else the base, with init_from's adapter (if any) to apply.
+        Full tuning keeps fp32 master weights; a frozen LoRA base may sit in bf16 where the GPU has it.
+        """
+        import torch
+        from transformers import AutoTokenizer
+
+        cfg = self.cfg
+        self.phase(f"loading {cfg.base_model}{what}" + (f" from run {cfg.init_from}" if cfg.init_from else ""))
+        init = self.init_dir()
+        init_adapter = init if init is not None and (init / "adapter_config.json").exists() else None
+        model_dir = init if init is not None and init_adapter is None else self.base_dir()
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        dtype = torch.bfloat16 if self.device["bf16"] and cfg.tuning != "full" else torch.float32
+        return model_dir, init_adapter, tokenizer, dtype
+
     def load_model(self):
         """(model, tokenizer, peft_config): the base, or init_from's result, set up for cfg.tuning.
 
@@ -94,16 +112,10 @@ class RunContext:
         LoRA run loads its adapter as trainable instead (or merges it in, for full tuning).
         """
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         cfg = self.cfg
-        self.phase(f"loading {cfg.base_model}" + (f" from run {cfg.init_from}" if cfg.init_from else ""))
-        init = self.init_dir()
-        init_adapter = init is not None and (init / "adapter_config.json").exists()
-        model_dir = init if init is not None and not init_adapter else self.base_dir()
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        # Full tuning keeps fp32 master weights; a frozen LoRA base may sit in bf16 where the GPU has it.
-        dtype = torch.bfloat16 if self.device["bf16"] and cfg.tuning != "full" else torch.float32
+        model_dir, init, tokenizer, dtype = self.model_source()
         kwargs: dict = {"dtype": dtype}
         if cfg.tuning == "qlora":
             configmod.check_qlora()
@@ -113,7 +125,7 @@ class RunContext:
                 bnb_4bit_compute_dtype=torch.bfloat16 if self.device["bf16"] else torch.float16)
             kwargs["device_map"] = {"": 0}
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-        if init_adapter:
+        if init is not None:
             from peft import PeftModel
             if cfg.tuning == "full":
                 return PeftModel.from_pretrained(model, str(init)).merge_and_unload(), tokenizer, None
