@@ -69,6 +69,7 @@ def test_lora_sft_completes_and_its_adapter_changes_the_model(sft_data):
     assert [m["step"] for m in metrics if m["kind"] == "eval"] == [2, 4]
     status = run.progress()
     assert status["state"] == "completed" and status["step"] == 4 and "assistant tokens" in status["loss_on"]
+    assert status["attention"] == "packed_sdpa"  # packing is on by default, and this is a CPU
 
     # The saved config reproduces the run: same keys, dataset pinned.
     saved = yaml.safe_load((run.path / "config.yaml").read_text())

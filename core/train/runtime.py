@@ -11,6 +11,7 @@ This process never changes the run's status itself: it reports through status.js
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from core import db as dbmod
 from core.errors import UserError
 from core.runs import latest_checkpoint, read_status, write_json_atomic
 from core.train import config as configmod
+from core.train import speedups
 from core.workspace import Workspace
 
 SAVE_TOTAL_LIMIT = 2  # resume needs only the latest; one more in case the last save was cut short
@@ -56,6 +58,7 @@ class RunContext:
         self.cfg = cfg
         self.run_id = folder.name
         self.device = device()
+        speedups.lm_head_on_labelled_positions_only()  # every method's process trains through this context
         self.stop_requested = False
         self.training = False
         self.status: dict = {"run_id": self.run_id, "state": "running", "pid": os.getpid(), "step": 0,
@@ -171,6 +174,9 @@ class RunContext:
             data_seed=cfg.seed,
             gradient_checkpointing=cfg.gradient_checkpointing,
             bf16=self.device["bf16"],
+            # Liger's fused RMSNorm, SwiGLU and RoPE kernels (Triton): on a GPU, where `pip install liger-kernel`
+            # put them; TRL keeps its own fused LM head and applies only these layer kernels
+            use_liger_kernel=self.device["kind"] == "cuda" and importlib.util.find_spec("liger_kernel") is not None,
             dataloader_pin_memory=self.device["kind"] == "cuda",
             fp16=False,
             report_to="none",

@@ -1,0 +1,94 @@
+"""The training speed-ups give the same numbers as the paths they replace, and do take effect."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import LlamaConfig, LlamaForCausalLM
+from trl.trainer import utils as trl_utils
+from trl.trainer.utils import add_fused_lm_head
+
+from core.train import speedups
+
+LENGTHS = [7, 12, 5]  # three conversations packed into one padding-free row
+
+
+def _model(attn: str = "sdpa") -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attn_implementation=attn)
+    return LlamaForCausalLM(config).eval()
+
+
+def _packed_row() -> dict:
+    """What TRL's padding-free collator hands the model: one row, positions restarting per conversation."""
+    torch.manual_seed(1)
+    ids = torch.randint(0, 300, (1, sum(LENGTHS)))
+    position_ids = torch.cat([torch.arange(n) for n in LENGTHS])[None]
+    cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32)
+    return {"input_ids": ids, "position_ids": position_ids, "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
+            "max_length_q": max(LENGTHS), "max_length_k": max(LENGTHS)}
+
+
+def test_packed_sdpa_matches_masked_sdpa_and_each_conversation_alone():
+    speedups.register_packed_sdpa()
+    model = _model()
+    row = _packed_row()
+    with torch.no_grad():
+        # use_cache=False as in training (TRL sets it): with a cache transformers does not look for packing
+        masked = model(**row, use_cache=False).logits
+        model.set_attn_implementation(speedups.PACKED_SDPA)
+        packed = model(**row, use_cache=False).logits
+        start = 0
+        for n in LENGTHS:  # no conversation sees another one
+            alone = model(input_ids=row["input_ids"][:, start:start + n]).logits
+            torch.testing.assert_close(packed[:, start:start + n], alone, atol=1e-5, rtol=1e-4)
+            start += n
+    torch.testing.assert_close(packed, masked, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_sdpa_keeps_the_padding_mask_without_packing():
+    speedups.register_packed_sdpa()
+    model = _model(speedups.PACKED_SDPA)
+    ids = torch.randint(0, 300, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding, as in batched generation
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask).logits
+        alone = model(input_ids=ids[1:, 4:]).logits
+    torch.testing.assert_close(batched[1:, 4:], alone, atol=1e-5, rtol=1e-4)
+
+
+def _loss_grads_flops(model, row, labels) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    model.zero_grad()
+    with FlopCounterMode(display=False) as counter:
+        loss = model(**row, labels=labels, fused_lm_head=True).loss
+        loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], counter.get_total_flops()
+
+
+def test_lm_head_on_labelled_positions_same_loss_less_work(monkeypatch):
+    original = trl_utils._use_triton
+    monkeypatch.setattr(trl_utils, "_use_triton", original)  # undone after the test
+    model = _model().train()
+    add_fused_lm_head(model)
+    row = _packed_row()
+    labels = row["input_ids"].clone()
+    labels[:, :15] = -100  # the prompts: no loss there
+
+    every_position = _loss_grads_flops(model, row, labels)
+    assert speedups.lm_head_on_labelled_positions_only()
+    assert trl_utils._use_triton(torch.device("cpu"))
+    labelled_only = _loss_grads_flops(model, row, labels)
+
+    torch.testing.assert_close(labelled_only[0], every_position[0])
+    for a, b in zip(labelled_only[1], every_position[1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert labelled_only[2] < every_position[2]
+
+
+@pytest.mark.parametrize("packing,expected", [(True, speedups.PACKED_SDPA), (False, "sdpa")])
+def test_auto_attention_on_cpu(packing, expected):
+    from core.train import sft
+    cfg = sft.Config(base_model="tiny", dataset="d", packing=packing)
+    assert sft.attention(cfg, {"kind": "cpu"}) == expected
+    cfg.attn_implementation = "eager"
+    assert sft.attention(cfg, {"kind": "cpu"}) == "eager"
