@@ -22,15 +22,16 @@ sys.path.insert(0, str(REPO))
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, _free_port  # noqa: E402
 
 
-def one_round(browser) -> tuple[float, float]:
+def one_round(browser, script: Path = REPO / "streamlit_app.py") -> tuple[float, float]:
+    """(cold, warm) seconds for `script`, an app whose first page shows "Getting started"."""
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-"))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, TUNELAB_HOME=str(home))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", script.name, "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=script.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:
             try:

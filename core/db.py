@@ -10,13 +10,39 @@ helpers: those wrap themselves in `with conn:`, which would commit the outer tra
 from __future__ import annotations
 
 import fcntl
+import importlib.abc
 import os
 import sqlite3
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlite_utils
+
+class _WithoutPandas(importlib.abc.MetaPathFinder):
+    """While this thread imports sqlite-utils, pandas and numpy look absent to it.
+
+    sqlite-utils imports both when it is imported, only to map their types in its table helpers,
+    which tunelab does not use (it writes through `db.execute`). That cost 0.4 s of the app's cold
+    start (bench/ui.py). Other threads, and later imports, see pandas and numpy as usual.
+    """
+
+    def __init__(self):
+        self.thread = threading.get_ident()
+
+    def find_spec(self, name, path=None, target=None):
+        if name in ("pandas", "numpy") and threading.get_ident() == self.thread:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        # Anything else: no answer here, so the usual finders look.
+
+
+_finder = _WithoutPandas()
+sys.meta_path.insert(0, _finder)
+try:
+    import sqlite_utils
+finally:
+    sys.meta_path.remove(_finder)
 
 BUSY_TIMEOUT_MS = 10_000
 
