@@ -12,6 +12,7 @@ from core import auth
 from pages import _ui
 
 st.set_page_config(page_title="tunelab", page_icon=":material/tune:", layout="wide")
+st.session_state[_ui.ENTRY_RAN] = True
 
 # key, file, title, icon; the key is the URL path and the PAGE_ROLES key.
 PAGES = [
@@ -63,6 +64,9 @@ pages = [
     for i, (key, file, title, icon) in enumerate(available)
 ]
 nav = st.navigation(pages)
+wanted = st.session_state.pop(_ui.WANTED_PAGE, None)  # a page's URL opened before the entry had run
+if wanted and user.can_open(wanted):
+    st.switch_page(next(p for p, (key, *_) in zip(pages, available) if key == wanted))
 
 with st.sidebar:
     _ui.remember_session_cookie()

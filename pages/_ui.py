@@ -37,8 +37,19 @@ def current_user() -> auth.User | None:
     return user
 
 
+# Set by streamlit_app.py on every run; a page run without it was run by Streamlit directly (below).
+ENTRY_RAN = "entry_ran"
+WANTED_PAGE = "wanted_page"
+
+
 def guard(page: str) -> auth.User:
     """Every page calls this first: a wrong role sees 'not allowed' and nothing else."""
+    if not st.session_state.get(ENTRY_RAN):
+        # A new server whose first visitor opens a page's URL (a /labeling link) runs that file by
+        # itself, in Streamlit's old pages/ folder mode, until streamlit_app.py has called st.navigation:
+        # no sign-in, a raw file list in the sidebar. Go through the entry instead; it comes back here.
+        st.session_state[WANTED_PAGE] = page
+        st.switch_page("streamlit_app.py")
     user = current_user()
     if user is None or not user.can_open(page):
         st.error("Not allowed: your role cannot open this page." if user else "Not allowed: please sign in.")

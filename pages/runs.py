@@ -73,16 +73,21 @@ METHOD_CURVES = [
 ]
 
 
-def show_charts(frames: dict[str, list[dict]]) -> None:
-    charts = [curves(frames, "loss", "train", "training loss"), curves(frames, "eval_loss", "eval", "eval loss"),
-              curves(frames, "learning_rate", "train", "learning rate"),
-              curves(frames, "grad_norm", "train", "gradient norm")]
-    charts += [curves(frames, field, kind, title) for field, kind, title in METHOD_CURVES]
+def chart_grid(charts: list, where=st) -> None:
     charts = [c for c in charts if c is not None]
     for i in range(0, len(charts), 2):
-        cols = st.columns(2)
-        for col, chart in zip(cols, charts[i:i + 2]):
+        for col, chart in zip(where.columns(2), charts[i:i + 2]):
             col.altair_chart(chart, width="stretch")
+
+
+def show_charts(frames: dict[str, list[dict]], key: str) -> None:
+    chart_grid([curves(frames, "loss", "train", "training loss"), curves(frames, "eval_loss", "eval", "eval loss")]
+               + [curves(frames, field, kind, title) for field, kind, title in METHOD_CURVES])
+    # Drawn when opened: each chart costs the browser about 0.25 s, and these two are for diagnosis.
+    box = st.expander("learning rate and gradient norm", key=f"optimizer_{key}", on_change="rerun")
+    if box.open:
+        chart_grid([curves(frames, "learning_rate", "train", "learning rate"),
+                    curves(frames, "grad_norm", "train", "gradient norm")], where=box)
 
 
 all_runs = runs.list_runs(conn)
@@ -127,7 +132,7 @@ with live_tab:
         d.metric("Tokens/s", f"{act['tokens_per_s']:.1f}" if act["tokens_per_s"] else "–")
         e.metric("Time · cost", f"{_duration(act['seconds'])} · ${act['usd'] or 0:.4f}",
                  help=f"estimated before launch: {_duration(run.est_seconds)} · ${run.est_usd or 0:.4f}")
-        show_charts({run.id: runs.read_metrics(ws, run.id)})
+        show_charts({run.id: runs.read_metrics(ws, run.id)}, key=run.id)
         # Expanders rerun when opened, so their code blocks are drawn only when asked for (bench/ui.py).
         log = st.expander("log (tail)", expanded=run.status in ("failed", "interrupted"), key=f"log_{run.id}",
                           on_change="rerun")
@@ -160,7 +165,7 @@ with compare_tab:
         st.caption("Pick two or more runs.")
     elif compare_tab.open:
         chosen = [r for r in all_runs if r.id in picked]
-        show_charts({r.id: runs.read_metrics(ws, r.id) for r in chosen})
+        show_charts({r.id: runs.read_metrics(ws, r.id) for r in chosen}, key="compare")
         differs = config.diff({r.id: r.config for r in chosen})
         st.subheader("Config keys that differ")
         if differs:

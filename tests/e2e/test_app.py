@@ -53,3 +53,15 @@ def test_viewer_opening_admin_url_is_refused(app, page):
     page.get_by_text("Not allowed").wait_for()
     assert page.get_by_text("Users").count() == 0
     assert page.get_by_role("button", name="Add").count() == 0
+
+
+def test_a_page_link_opened_first_on_a_new_server_signs_in_then_opens_that_page(app, page):
+    auth.add_user(app.db(), "root", "admin", "admin password")
+    page.goto(f"{app.url}/runs")  # the server's first visitor, straight to a page's URL
+    page.get_by_role("button", name="Sign in").wait_for()
+    assert page.get_by_text("streamlit app").count() == 0  # not Streamlit's raw pages/ listing
+    page.get_by_label("User name").fill("root")
+    page.get_by_label("Password", exact=True).fill("admin password")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Runs").wait_for()  # the page asked for, not the admin's home
+    assert page.url.endswith("/runs")
