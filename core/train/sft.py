@@ -28,8 +28,8 @@ class Config(RunConfig):
                 "of each packed row.", "min": 16})
     packing: bool = field(default=True, metadata={
         "help": "Pack several conversations into each max_length row (best-fit decreasing, padding-free, no "
-                "attention between them): no padding, and with attn_implementation auto 1.7x the real tokens/s of "
-                "TRL's unpacked default on CPU (bench/train_throughput.py)."})
+                "attention between them): no step computes padding. With gradient checkpointing off, 1.4-1.6x the real "
+                "tokens/s of TRL's defaults on CPU (bench/train_throughput.py: tuned against plain)."})
     attn_implementation: str = field(default="auto", metadata={
         "help": "Attention kernel. auto: flash_attention_2 on a GPU that has it installed; else, with packing, "
                 "packed_sdpa (one SDPA call per packed conversation instead of one masked SDPA over the whole "
