@@ -27,10 +27,10 @@ from pathlib import Path
 
 from core import workspace
 
-# Fraction of the matmul benchmark's FLOP/s that TRL training reaches on CPU: 0.19 to 0.25 in runs of
-# bench/train_throughput.py here (2 cores shared with other jobs; SmolLM2-135M LoRA, batch 4, max_length 512,
-# packing). Only the first estimate on a machine uses it; later ones use the machine's past runs.
-TRAIN_EFFICIENCY = 0.22
+# Fraction of the matmul benchmark's FLOP/s that training reaches on CPU with tunelab's defaults: 0.37 for
+# SmolLM2-135M LoRA and 0.48 for full tuning in bench/cpu_limit.py here (counting 4N or 6N per token plus the
+# LM head and attention). Only the first estimate on a machine uses it; later ones use the machine's past runs.
+TRAIN_EFFICIENCY = 0.35
 STARTUP_S = {"cpu": 25.0, "cuda": 40.0}  # interpreter, torch/transformers/TRL imports, model load, data prep
 SAMPLE_ROWS = 2000  # rows tokenized for the length estimate
 OVERHEAD_TOKENS_PER_MESSAGE = 4  # chat template markers around each turn (ChatML: <|im_start|>role\n ... <|im_end|>\n)
