@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,23 +31,11 @@ from train_throughput import ALPACA, model_dir, summary, tunelab_setup
 
 def peak_matmul_flops() -> tuple[float, dict]:
     import torch
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    device = "cuda" if cuda else "cpu"
-    found = {}
-    for n in (1024, 2048, 4096) + ((8192,) if cuda else ()):
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        a @ b
-        best = 0.0
-        for _ in range(5):
-            reps, start = 0, time.perf_counter()
-            while time.perf_counter() - start < 0.2:
-                a @ b
-                reps += 1
-            if cuda:
-                torch.cuda.synchronize()
-            best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start))
-        found[n] = best
+
+    from core import cost
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    found = {n: cost.matmul_flops(device, n, window_s=0.2)
+             for n in (1024, 2048, 4096) + ((8192,) if device == "cuda" else ())}
     return max(found.values()), found
 
 

@@ -52,7 +52,8 @@ def model_dir(name: str, home: Path) -> Path:
         return _build_tiny_model(home / "tiny")
     if Path(name).is_dir():
         return Path(name)
-    for cache in (REPO / "data", Path.home() / ".cache" / "tunelab-tests"):
+    tests_cache = Path(os.environ.get("TUNELAB_TEST_CACHE", Path.home() / ".cache" / "tunelab-tests"))
+    for cache in (REPO / "data", tests_cache):
         if (cache / "models" / name / "config.json").exists():
             return cache / "models" / name
     raise SystemExit(f"{name}: not prepared; run `tunelab models prepare {name}` first")

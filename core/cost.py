@@ -128,8 +128,29 @@ def _tokens_per_row(lengths: list[int], max_length: int, packing: bool) -> tuple
     return statistics.fmean(capped), len(capped)
 
 
+def matmul_flops(device: str, n: int = 1024, windows: int = 5, window_s: float = 0.1) -> float:
+    """FLOP/s of an n x n matmul in float32 (bf16 on a GPU that has it): the best of `windows` short windows,
+    since other processes on the machine lower the average, not the best."""
+    import torch
+    dev = "cuda" if device == "cuda" else "cpu"
+    dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    a @ b  # warm-up
+    rates = []
+    for _ in range(windows):
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < window_s:
+            a @ b
+            reps += 1
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        rates.append(2 * n ** 3 * reps / (time.perf_counter() - start))
+    return max(rates)
+
+
 def machine_flops(ws, device: str) -> float:
-    """Matmul FLOP/s of this machine in float32 (bf16 on a GPU that has it), measured once and cached."""
+    """This machine's matmul FLOP/s, measured once and cached in the workspace."""
     cache = Path(ws.home) / "machine.json"
     try:
         doc = json.loads(cache.read_text())
@@ -137,24 +158,7 @@ def machine_flops(ws, device: str) -> float:
             return float(doc["matmul_flops"])
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         pass
-    import torch
-    n = 1024
-    dev = "cuda" if device == "cuda" else "cpu"
-    dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    a @ b  # warm-up
-    # The best of five short windows: other processes on the machine lower the average, not the best.
-    rates = []
-    for _ in range(5):
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 0.1:
-            a @ b
-            reps += 1
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        rates.append(2 * n ** 3 * reps / (time.perf_counter() - start))
-    flops = max(rates)
+    flops = matmul_flops(device)
     cache.write_text(json.dumps({"device": device, "matmul_flops": flops, "measured_at": time.time()}))
     return flops
 
