@@ -1,18 +1,16 @@
-"""tunelab's entry: sign-in, then role-aware navigation over the files in pages/.
+"""tunelab's entry: the web server's own routes, sign-in, then role-aware navigation over pages/.
 
-Run it with `streamlit run streamlit_app.py`. Every page is listed here (st.navigation turns off
-the automatic pages/ discovery). Pages a role may not open are hidden from its menu, and each page
-also checks the role itself, so opening a hidden page's URL shows "not allowed".
+Run it with `streamlit run streamlit_app.py`. Streamlit first imports this file to find `app` (an
+`st.App`): that adds the server's host check and the sign-in routes (core/web.py) in front of Streamlit.
+The App then runs this same file, as `__main__`, for every browser session: that is `main()` below.
+
+Every page is listed here (st.navigation turns off the automatic pages/ discovery). Pages a role may not
+open are hidden from its menu, and each page also checks the role itself, so opening a hidden page's
+URL shows "not allowed".
 """
 from pathlib import Path
 
 import streamlit as st
-
-from core import auth
-from pages import _ui
-
-st.set_page_config(page_title="tunelab", page_icon=":material/tune:", layout="wide")
-st.session_state[_ui.ENTRY_RAN] = True
 
 # key, file, title, icon; the key is the URL path and the PAGE_ROLES key.
 PAGES = [
@@ -32,52 +30,72 @@ PAGES = [
 HOME_OF = {"admin": "home", "engineer": "home", "annotator": "labeling", "viewer": "leaderboard"}
 
 
-def sign_in() -> None:
-    st.title("tunelab")
-    if st.context.cookies.get(_ui.COOKIE):
-        _ui.forget_session_cookie()  # a stale or signed-out session's cookie
-    with st.form("sign_in"):
-        name = st.text_input("User name")
-        password = st.text_input("Password", type="password")
-        submitted = st.form_submit_button("Sign in", type="primary")
-    if submitted:
-        user = auth.authenticate(_ui.db(), name.strip(), password)
-        if user is None:
-            st.error("Wrong user name or password.")
+def main() -> None:
+    from core import auth, web
+    from pages import _ui
+
+    st.set_page_config(page_title="tunelab", page_icon=":material/tune:", layout="wide")
+    st.session_state[_ui.ENTRY_RAN] = True
+
+    user = _ui.current_user()
+    if user is None:
+        # One hidden page, so that Streamlit shows no pages/ listing either.
+        st.navigation([st.Page(_no_access, title="tunelab", default=True)], position="hidden").run()
+        st.stop()
+
+    here = Path(__file__).parent / "pages"
+    landing = HOME_OF[user.role]
+    pages = [st.Page(f"pages/{file}", title=title, icon=icon, url_path=key, default=key == landing,
+                     visibility="visible" if user.can_open(key) else "hidden")
+             for key, file, title, icon in PAGES if (here / file).exists()]
+    nav = st.navigation(pages)
+    wanted = st.session_state.pop(_ui.WANTED_PAGE, None)  # a page's URL opened before the entry had run
+    if wanted and user.can_open(wanted):
+        st.switch_page(next(p for p in pages if p.url_path == wanted))
+
+    with st.sidebar:
+        if user is auth.LOCAL_ADMIN:
+            st.info("No users yet, so you are the local admin (this machine only). To require sign-in, add a "
+                    "user: `tunelab users add NAME --role admin`, or on the Admin page.")
         else:
-            st.session_state.session_token = auth.create_session(_ui.db(), user)
-            st.rerun()
+            st.caption(f"Signed in as **{user.name}** ({user.role})")
+            if st.button("Sign out", key="sign_out"):
+                _ui.redirect(web.SIGNOUT_PATH)
+                st.stop()
+    nav.run()
 
 
-user = _ui.current_user()
-if user is None:
-    st.navigation([st.Page(sign_in, title="Sign in", url_path="signin", default=True)], position="hidden").run()
-    st.stop()
+def _no_access() -> None:
+    from core import auth
+    from pages import _ui
+    if auth.has_users(_ui.db()):
+        _ui.go_to_sign_in()
+        return
+    st.title("tunelab")
+    st.warning("This tunelab has no users yet, so only its owner, on the machine it runs on, can use it. "
+               "Ask the owner to add an account for you (`tunelab users add NAME --role ROLE`).")
 
-here = Path(__file__).parent / "pages"
-available = [p for p in PAGES if (here / p[1]).exists()]
-landing = HOME_OF[user.role] if any(p[0] == HOME_OF[user.role] for p in available) else None
-pages = [
-    st.Page(f"pages/{file}", title=title, icon=icon, url_path=key,
-            default=(key == landing) if landing else i == 0,
-            visibility="visible" if user.can_open(key) else "hidden")
-    for i, (key, file, title, icon) in enumerate(available)
-]
-nav = st.navigation(pages)
-wanted = st.session_state.pop(_ui.WANTED_PAGE, None)  # a page's URL opened before the entry had run
-if wanted and user.can_open(wanted):
-    st.switch_page(next(p for p, (key, *_) in zip(pages, available) if key == wanted))
 
-with st.sidebar:
-    _ui.remember_session_cookie()
-    if user is auth.LOCAL_ADMIN:
-        st.info("No users yet, so you are the local admin. To require sign-in, add a user: "
-                "`tunelab users add NAME --role admin`, or on the Admin page.")
-    else:
-        st.caption(f"Signed in as **{user.name}** ({user.role})")
-        if st.button("Sign out", key="sign_out"):
-            auth.end_session(_ui.db(), st.session_state.pop("session_token", None))
-            st.session_state.pop("cookie_written", None)
-            st.rerun()
+def on_script_error(exc: Exception) -> bool:
+    """A signed-in admin or engineer sees the traceback (it is their server); anyone else sees one line,
+    and the details go to the server's log."""
+    try:
+        from pages import _ui
+        user = _ui.current_user()
+    except Exception:
+        user = None
+    if user is not None and user.role in ("admin", "engineer"):
+        return False
+    import logging
+    logging.getLogger("tunelab.app").error("page error", exc_info=exc)
+    st.error("Something went wrong on the server. The owner can find the details in the server's log.")
+    return True
 
-nav.run()
+
+if __name__ == "__main__":
+    main()
+else:
+    from core import web
+
+    app = st.App(__file__, routes=web.routes(), on_script_error=on_script_error,
+                 middleware=web.middleware(bind_address=lambda: st.get_option("server.address")))

@@ -4,14 +4,15 @@ Pages hold widgets only; anything worth testing lives in core/.
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
+from urllib.parse import quote
 
 import streamlit as st
 
-from core import auth, db as dbmod, workspace
+from core import auth, db as dbmod, web, workspace
 from core.errors import UserError
 
-COOKIE = "tunelab_session"
 
 
 def db():
@@ -26,15 +27,20 @@ def ws():
 
 
 def current_user() -> auth.User | None:
-    """The signed-in user, checked against the DB on every rerun so role changes apply at once."""
+    """The signed-in user, checked against the DB on every rerun (callbacks and fragments included), so
+    signing out, disabling or demoting someone applies to pages they already have open.
+
+    The session token is in an HttpOnly cookie that only the server sets (core/web.py); with no users at
+    all, the app is the local admin's, and only for clients on this machine.
+    """
     conn = db()
     if not auth.has_users(conn):
-        return auth.LOCAL_ADMIN
-    token = st.session_state.get("session_token") or st.context.cookies.get(COOKIE)
-    user = auth.session_user(conn, token)
-    if user:
-        st.session_state.session_token = token
-    return user
+        return auth.LOCAL_ADMIN if is_local_client() else None
+    return auth.session_user(conn, st.context.cookies.get(web.COOKIE))
+
+
+def is_local_client() -> bool:
+    return web.client_is_local(st.context.ip_address, {k.lower(): v for k, v in st.context.headers.items()})
 
 
 # Set by streamlit_app.py on every run; a page run without it was run by Streamlit directly (below).
@@ -57,18 +63,29 @@ def guard(page: str) -> auth.User:
     return user
 
 
-def remember_session_cookie() -> None:
-    """Keep the sign-in across reloads and opened URLs: the token goes into a cookie once per session."""
-    token = st.session_state.get("session_token")
-    if token and st.context.cookies.get(COOKIE) != token and not st.session_state.get("cookie_written"):
-        st.html(f"<script>document.cookie = '{COOKIE}={token}; path=/; max-age={auth.SESSION_DAYS * 86400}; "
-                f"SameSite=Strict';</script>", unsafe_allow_javascript=True)
-        st.session_state.cookie_written = True
+def allowed(page: str) -> auth.User | None:
+    """For callbacks (on_click, on_change), which run before the page's own guard: the user, if the
+    session is still valid and the role may still act on `page`; None otherwise (signed out, disabled,
+    demoted since the page was drawn). A callback that gets None does nothing."""
+    user = current_user()
+    return user if user is not None and user.can_open(page) else None
 
 
-def forget_session_cookie() -> None:
-    st.html(f"<script>document.cookie = '{COOKIE}=; path=/; max-age=0; SameSite=Strict';</script>",
-            unsafe_allow_javascript=True)
+def go_to_sign_in() -> None:
+    """Send the browser to the server's sign-in form; it comes back to this page afterwards."""
+    st.info("Please sign in.")
+    redirect(f"{web.SIGNIN_PATH}?next={quote(_this_path(), safe='/')}")
+
+
+def redirect(path: str) -> None:
+    """Leave the Streamlit app for one of the server's own routes (core/web.py)."""
+    st.html(f"<script>window.location.replace({json.dumps(path)});</script>", unsafe_allow_javascript=True)
+
+
+def _this_path() -> str:
+    """The page's own path, e.g. /runs, for coming back after signing in."""
+    url = st.context.url or ""
+    return "/" + url.split("://", 1)[1].split("/", 1)[1] if url.count("/") >= 3 else "/"
 
 
 @contextmanager

@@ -131,15 +131,17 @@ def _free_port() -> int:
 class App:
     """A real `streamlit run streamlit_app.py` on a free port, over its own workspace."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, address: str | None = "127.0.0.1"):
+        """`address` None leaves it to .streamlit/config.toml, as the README's command does."""
         self.home = home
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, TUNELAB_HOME=str(home), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
         self.log = open(home.parent / f"streamlit-{self.port}.log", "w")
+        address_flags = ["--server.address", address] if address else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-             "--server.port", str(self.port), "--server.address", "127.0.0.1",
+             "--server.port", str(self.port), *address_flags,
              "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 60
@@ -195,15 +197,14 @@ def page(browser):
 
 
 def sign_in(page, app: App, name: str, password: str, expect_success: bool = True) -> None:
-    """Sign in through the form; on success, wait until the session cookie is written, so that a URL
-    opened next arrives as the same user."""
+    """Sign in through the server's form (a page opened signed-out is sent there); on success the server
+    has set the HttpOnly session cookie and sent the browser back to the app."""
     page.goto(app.url)
     page.get_by_label("User name").fill(name)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
     if expect_success:
         page.get_by_text("Signed in as").wait_for()
-        page.wait_for_function("() => document.cookie.includes('tunelab_session=')")
 
 
 def wait_for_app(page) -> None:
@@ -216,3 +217,20 @@ def wait_for_app(page) -> None:
 
 def load_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def ready_campaign(conn, ws, tiny_model_dir: Path, name: str, prompts: list[str], answers: tuple[list[str], list[str]],
+                   guidelines: str = ""):
+    """A campaign ready to label without running a model: the tiny model registered as 'tiny' and
+    'tiny-b', whose answers to `prompts` are stored as if generated, one vote wanted per pair."""
+    from core import feedback, models
+    for model in ("tiny", "tiny-b"):
+        if model not in {m.name for m in models.list_models(conn)}:
+            models.add_local(conn, tiny_model_dir, model)
+    c = feedback.create_campaign(conn, ws, name, ["tiny", "tiny-b"], prompts=prompts,
+                                 config=feedback.CampaignConfig(overlap=1, guidelines=guidelines))
+    ids = [pid for pid, _ in feedback.prompts(conn, c)]
+    for model, texts in zip(("tiny", "tiny-b"), answers):
+        feedback.store_responses(conn, c, model, 0, ids, texts)
+    feedback.build_pairs(conn, c)
+    return feedback.get_campaign(conn, name)
