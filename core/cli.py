@@ -121,8 +121,8 @@ def cmd_users_add(args) -> None:
 def cmd_users_list(args) -> None:
     from core import auth
     db, _ = _db_ws()
-    rows = [{"name": u.name, "role": u.role} for u in auth.list_users(db)]
-    _print_json(rows) if args.json else _table(rows, ["name", "role"])
+    rows = [{"name": u.name, "role": u.role, "disabled": u.disabled} for u in auth.list_users(db)]
+    _print_json(rows) if args.json else _table(rows, ["name", "role", "disabled"])
 
 
 def cmd_users_role(args) -> None:
@@ -137,6 +137,27 @@ def cmd_users_password(args) -> None:
     db, _ = _db_ws()
     auth.set_password(db, args.name, _read_password(args))
     print(f"password of {args.name} changed")
+
+
+def cmd_users_disable(args) -> None:
+    from core import auth
+    db, _ = _db_ws()
+    auth.disable_user(db, args.name)
+    print(f"{args.name} is disabled and signed out")
+
+
+def cmd_users_enable(args) -> None:
+    from core import auth
+    db, _ = _db_ws()
+    auth.enable_user(db, args.name)
+    print(f"{args.name} is enabled")
+
+
+def cmd_users_remove(args) -> None:
+    from core import auth
+    db, _ = _db_ws()
+    auth.remove_user(db, args.name)
+    print(f"{args.name} is removed")
 
 
 # ---------------------------------------------------------------- data
@@ -563,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--role", required=True, help="admin|engineer|annotator|viewer")
     x.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     x.set_defaults(func=cmd_users_add)
-    x = usub.add_parser("list", help="users and their roles")
+    x = usub.add_parser("list", help="users, their roles, and whether they are disabled")
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_users_list)
     x = usub.add_parser("role", help="change a user's role")
@@ -574,6 +595,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", help="user name")
     x.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     x.set_defaults(func=cmd_users_password)
+    x = usub.add_parser("disable", help="stop a user signing in and sign them out (their votes stay)")
+    x.add_argument("name", help="user name")
+    x.set_defaults(func=cmd_users_disable)
+    x = usub.add_parser("enable", help="let a disabled user sign in again")
+    x.add_argument("name", help="user name")
+    x.set_defaults(func=cmd_users_enable)
+    x = usub.add_parser("remove", help="delete a user and their sessions (their votes stay)")
+    x.add_argument("name", help="user name")
+    x.set_defaults(func=cmd_users_remove)
 
     data = sub.add_parser("data", help="datasets: import, list, show, clean, split, export")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -231,6 +231,30 @@ MIGRATIONS: list[tuple[str, str]] = [
     ALTER TABLE runs ADD COLUMN backend TEXT NOT NULL DEFAULT 'local';  -- local | ray
     ALTER TABLE runs ADD COLUMN ray_job_id TEXT;   -- backend ray: the job's submission id, this attempt's
     """),
+    ("0010_accounts", """
+    -- users rebuilt with AUTOINCREMENT, so a removed user's id (kept in votes and assignments) is
+    -- never given to a new user; dropping the old table ends every session (ON DELETE CASCADE).
+    CREATE TABLE users_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'engineer', 'annotator', 'viewer')),
+        password_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0     -- 1: cannot sign in; the row stays for its votes
+    );
+    INSERT INTO users_new(id, name, role, password_hash, created_at)
+        SELECT id, name, role, password_hash, created_at FROM users;
+    DROP TABLE users;
+    ALTER TABLE users_new RENAME TO users;
+    ALTER TABLE sessions ADD COLUMN last_seen_at REAL NOT NULL DEFAULT 0;   -- for the idle timeout
+    CREATE TABLE sign_in_failures (             -- for throttling; shared by every server process
+        name TEXT NOT NULL,                     -- the user name tried, existing or not
+        client TEXT NOT NULL,                   -- the client's address ('' when unknown)
+        at REAL NOT NULL
+    );
+    CREATE INDEX sign_in_failures_name ON sign_in_failures(name, at);
+    CREATE INDEX sign_in_failures_client ON sign_in_failures(client, at);
+    """),
 ]
 
 

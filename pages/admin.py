@@ -10,7 +10,7 @@ conn = _ui.db()
 
 st.subheader("Users")
 users = auth.list_users(conn)
-st.dataframe([{"name": u.name, "role": u.role} for u in users], hide_index=True)
+st.dataframe([{"name": u.name, "role": u.role, "disabled": u.disabled} for u in users], hide_index=True)
 
 c1, c2, c3 = st.columns(3)
 with c1.form("add_user", clear_on_submit=True):
@@ -38,6 +38,17 @@ with c3.form("reset_password", clear_on_submit=True):
         with _ui.user_errors():
             auth.set_password(conn, who, new_pw)
             st.success(f"Password of {who} reset; their sessions were signed out.")
+
+# Form actions run in this script's body, after _ui.guard("admin") above has re-checked the role.
+ACCOUNT_ACTIONS = {"Disable": auth.disable_user, "Enable": auth.enable_user, "Remove": auth.remove_user}
+with st.form("account"):
+    st.markdown("**Disable, enable or remove a user** (disabling or removing signs them out; their votes stay)")
+    who = st.selectbox("User", [u.name for u in users], key="account_user")
+    pressed = [label for label, col in zip(ACCOUNT_ACTIONS, st.columns(3)) if col.form_submit_button(label)]
+    if pressed and who:
+        with _ui.user_errors():
+            ACCOUNT_ACTIONS[pressed[0]](conn, who)
+            st.rerun()
 
 st.subheader("Settings")
 with st.form("settings"):
