@@ -19,6 +19,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.errors import UserError
+
 
 class _WithoutPandas(importlib.abc.MetaPathFinder):
     """While this thread imports sqlite-utils, pandas and numpy look absent to it.
@@ -259,16 +261,65 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 
 def connect(path: str | Path) -> sqlite_utils.Database:
-    """Open (creating and migrating if needed) the database at `path`. One per thread or session."""
+    """Open (creating and migrating if needed) the database at `path`. One per thread or session.
+
+    Never makes a fresh DB beside data it does not know, and never writes to a damaged one: a
+    missing, empty or foreign DB in a workspace whose datasets/ or runs/ hold anything, or a file that
+    is not a sound SQLite database, is a UserError and the files stay as they are. A fresh DB there
+    would have no users (so every visitor is admin) and would take the version folders for orphans."""
+    from core.workspace import Workspace
+    path = Path(path)
+    ws = Workspace(path.parent)
+    if not path.exists():
+        _refuse_fresh(path, ws, "is missing")
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                            check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        _quick_check(conn, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise UserError(f"{path} is damaged or not a SQLite database ({exc}); it was left as it is. Restore "
+                        "it from a backup, or move it away to start a fresh database") from None
+    if tables and "_migrations" not in tables:
+        conn.close()
+        raise UserError(f"{path} is a SQLite database but not tunelab's (no _migrations table); it was left "
+                        "as it is. Restore tunelab's database from a backup, or move this file away")
+    if not tables:
+        try:
+            _refuse_fresh(path, ws, "is empty")
+        except UserError:
+            conn.close()
+            raise
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     db = sqlite_utils.Database(conn)
     migrate(db)
     return db
+
+
+def _refuse_fresh(path: Path, ws, state: str) -> None:
+    if ws.holds_data():
+        raise UserError(f"{path} {state}, but {ws.home} holds datasets or runs that only it knows; nothing was "
+                        f"changed. Restore tunelab.db from a backup, or move {ws.datasets_dir.name}/ and "
+                        f"{ws.runs_dir.name}/ out of {ws.home} to start a fresh workspace")
+
+
+_sound: set[tuple] = set()  # (path, inode, size, mtime) of files that passed quick_check in this process
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """PRAGMA quick_check, once per process for each state of the file (it reads every page)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _sound:
+        return
+    problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError("quick_check: " + "; ".join(problems[:3]))
+    _sound.add(key)
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:

@@ -24,8 +24,9 @@ class SamplingSettings:
 
 
 def adapter_dir(runs_dir: Path, run_id: str) -> Path:
-    """The PEFT adapter a run saved (`<run>/final`)."""
-    path = Path(runs_dir) / str(run_id) / "final"
+    """The PEFT adapter a run saved (`<run>/final`); the run id comes from a user, so it is checked first."""
+    from core.workspace import check_name
+    path = Path(runs_dir) / check_name(str(run_id), "run") / "final"
     if not (path / "adapter_config.json").exists():
         raise UserError(f"run {run_id}: no adapter at {path} (is it a LoRA run, and has it completed?)")
     return path

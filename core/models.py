@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from core import workspace
 from core.errors import UserError
 from core.workspace import Workspace
 
@@ -179,6 +180,7 @@ def _record(db, name: str, path: Path) -> None:
 
 def add_local(db, path: str | Path, name: str, kind: str = "base", source: str = "local") -> ModelInfo:
     """Register a local Hugging Face folder after checking it has a config and a loadable tokenizer."""
+    workspace.check_name(name, "model")
     folder = Path(path).expanduser().resolve()
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder")

@@ -501,6 +501,7 @@ def merge(db, ws, run_id: str, name: str, progress: Callable[[float, str], None]
     from core import models
 
     report = progress or (lambda f, m: None)
+    workspace.check_name(name, "model")  # it names the folder under models/
     run = get(db, run_id)
     adapter = result_dir(db, run_id)
     if not (adapter / "adapter_config.json").exists():

@@ -1,14 +1,13 @@
 """Datasets: import a file and see what it is and what is wrong; browse rows as chats and as the
 model sees them; token lengths; clean, split and export, each step a new version with its lineage."""
 import html
-import tempfile
 from pathlib import Path
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import datasets, models
+from core import datasets, models, workspace
 from core.datasets import cleaning, formats, inspection
 from pages import _ui
 
@@ -80,9 +79,8 @@ with st.expander("Import a file", expanded=not existing or "last_import" in st.s
         else:
             dataset_name = name.strip() or Path(upload.name).stem
             bar = st.progress(0.0, "uploading")
-            with _ui.user_errors(), tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / Path(upload.name).name
-                path.write_bytes(upload.getbuffer())
+            with _ui.user_errors(), workspace.saved_upload(upload.name, upload.getvalue(),
+                                                          tuple(formats.FILE_TYPES)) as path:
                 result = datasets.import_file(
                     conn, ws, path, dataset_name, fmt=fmt,
                     mapping=[line for line in mapping.splitlines() if line.strip()], skip_invalid=skip,

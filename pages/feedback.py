@@ -1,14 +1,12 @@
 """Feedback: create preference campaigns, watch generation, check label quality, export and import."""
 import dataclasses
 import json
-import tempfile
-from pathlib import Path
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import feedback, models
+from core import feedback, models, workspace
 from core.generate import SamplingSettings
 from pages import _ui
 
@@ -167,8 +165,7 @@ with st.expander("Import external judgments"):
         fmt = st.radio("Format", ["arena", "alpaca_eval"], horizontal=True)
         target = st.text_input("Campaign name")
         if st.form_submit_button("Import") and upload is not None:
-            with _ui.user_errors(), tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / upload.name
-                path.write_bytes(upload.getvalue())
+            with _ui.user_errors(), workspace.saved_upload(upload.name, upload.getvalue(),
+                                                          (".json", ".jsonl")) as path:
                 doc = feedback.import_judgments(conn, path, fmt, target.strip())
                 st.success(f"{doc['votes_added']} votes added, {doc['votes_updated']} updated, {doc['skipped']} skipped.")

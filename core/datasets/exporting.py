@@ -7,8 +7,10 @@ file per split; for `hf` it is always the folder of a DatasetDict.
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 
+from core import workspace
 from core.datasets import store
 from core.errors import UserError
 
@@ -22,28 +24,29 @@ def _hf_split(rows: list[dict]):
 
 
 def export(db, ws, ref: str, fmt: str, out) -> list[Path]:
-    """Write `ref` to `out` in `fmt`; returns the paths written."""
+    """Write `ref` to `out` in `fmt`; returns the paths written. Each file goes through
+    `workspace.write_export`: never inside the workspace (except exports/), never half-written."""
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     version = store.resolve(db, ws, ref)
-    out = Path(out)
+    out = workspace.export_target(ws, out)
     if fmt == "hf":
         from datasets import DatasetDict
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"{out}: already exists; choose a new folder")
-        DatasetDict({s: _hf_split(version.load(s)) for s in version.splits}).save_to_disk(str(out))
-        return [out]
+        data = DatasetDict({s: _hf_split(version.load(s)) for s in version.splits})
+        return [workspace.write_export(ws, out, lambda tmp: data.save_to_disk(str(tmp)))]
     suffix = SUFFIX[fmt]
     single = out.suffix == suffix
     if single and len(version.splits) > 1:
         raise UserError(f"{out}: {version.ref} has {len(version.splits)} splits ({', '.join(version.splits)}); "
                         "give a folder, which gets one file per split")
-    targets = {"train": out} if single else {s: out / f"{s}{suffix}" for s in version.splits}
-    for path in targets.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    for split, path in targets.items():
+    files = version.files  # checked against the content hash
+    targets = {next(iter(files)): out} if single else {s: out / f"{s}{suffix}" for s in files}
+
+    def write(tmp: Path, split: str) -> None:
         if suffix == ".jsonl":
-            shutil.copyfile(version.files[split], path)
+            shutil.copyfile(files[split], tmp)
         else:
-            _hf_split(version.load(split)).to_parquet(str(path))
-    return list(targets.values())
+            _hf_split(version.load(split)).to_parquet(str(tmp))
+    return [workspace.write_export(ws, path, partial(write, split=split)) for split, path in targets.items()]

@@ -2,29 +2,36 @@
 
 A version is written whole or not at all: its files go into a temporary folder, which is renamed to
 `v<N>` inside the write transaction that inserts the DB row. A `v<N>` folder without a row (the
-process died between rename and commit) and temporary folders of dead processes are removed the next
-time that dataset gets a version; readers only ever look at versions that have a row.
+process died between rename and commit, or the DB was restored from an older backup) is moved to
+`<home>/orphaned/` the next time that dataset gets a version, never deleted; temporary folders of dead
+writers are removed. Readers only ever look at versions that have a row, and check the files against
+the row's content hash before using them (`DatasetVersion.files`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import processes
 from core import db as dbmod
 from core.errors import UserError
+from core import workspace
 from core.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 KINDS = ("sft", "preference", "kto", "prompts")
 SPLITS = ("train", "validation", "test")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 COLUMNS = ("name, version, kind, rows, content_hash, splits_json, format, source_name, source_hash, transform, "
            "params_json, parent, report_json, created_at")
 
@@ -53,7 +60,10 @@ class DatasetVersion:
 
     @property
     def files(self) -> dict[str, Path]:
-        return {s: self.dir / f"{s}.jsonl" for s in SPLITS if s in self.splits}
+        """The split files, checked against the content hash recorded when they were written."""
+        files = {s: self.dir / f"{s}.jsonl" for s in SPLITS if s in self.splits}
+        _verify(self, files)
+        return files
 
     def load(self, split: str = "train") -> list[dict]:
         if split not in self.splits:
@@ -76,16 +86,46 @@ class DatasetVersion:
 def _from_row(ws: Workspace, r) -> DatasetVersion:
     (name, version, kind, rows, content_hash, splits_json, fmt, source_name, source_hash, transform, params_json,
      parent, report_json, created_at) = r
-    return DatasetVersion(name, version, kind, rows, content_hash, ws.datasets_dir / name / f"v{version}",
+    return DatasetVersion(name, version, kind, rows, content_hash, _dataset_dir(ws, name) / f"v{version}",
                           json.loads(splits_json), fmt, source_name, source_hash, transform,
                           json.loads(params_json), parent, json.loads(report_json), created_at)
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise UserError(f"dataset name {name!r}: use letters, digits, '_', '-' or '.' (at most 100), "
-                        "starting with a letter or digit")
-    return name
+    return workspace.check_name(name, "dataset")
+
+
+_verified: set[tuple] = set()  # (hash, (path, inode, size, mtime) per file) already checked in this process
+
+
+def _verify(version: DatasetVersion, files: dict[str, Path]) -> None:
+    """Recompute the content hash as `_write_rows` made it (split order as recorded); a UserError names
+    the version and the files that differ. Checked once per process for each state of the files."""
+    stats = []
+    for path in files.values():
+        if not path.is_file():
+            raise UserError(f"dataset {version.ref}: {path.name} is missing from {version.dir}; restore the "
+                            "folder from a backup")
+        st = path.stat()
+        stats.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+    key = (version.content_hash, tuple(stats))
+    if key in _verified:
+        return
+    digest = hashlib.sha256()
+    for split in version.splits:
+        digest.update(split.encode() + b"\0" + (version.dir / f"{split}.jsonl").read_bytes())
+    if digest.hexdigest() != version.content_hash:
+        # The hash covers every split; name the files touched after the version was written, if any.
+        changed = [p.name for p in files.values() if p.stat().st_mtime > version.created_at + 1]
+        raise UserError(f"dataset {version.ref}: {', '.join(changed or [p.name for p in files.values()])} changed "
+                        "on disk since it was written (content hash mismatch); versions are immutable, so restore "
+                        f"{version.dir} from a backup, or import the data again as a new version")
+    _verified.add(key)
+
+
+def _dataset_dir(ws: Workspace, name: str) -> Path:
+    """`datasets/<name>`, the name checked and the folder confirmed to lie inside datasets/."""
+    return workspace.inside(ws.datasets_dir, ws.datasets_dir / check_name(name))
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -139,49 +179,60 @@ def lineage(db, ws: Workspace, ref: str) -> list[DatasetVersion]:
     return chain[::-1]
 
 
-def _write_rows(folder: Path, splits: dict[str, list[dict]]) -> str:
-    """Write `<split>.jsonl` files; returns the sha256 over split names and file bytes."""
-    digest = hashlib.sha256()
+def _write_rows(folder: Path, splits: dict[str, Iterable[dict]]) -> tuple[str, dict[str, int]]:
+    """Write `<split>.jsonl` files row by row (an import streams its rows through, so a file is never
+    held whole); returns the sha256 over split names and file bytes, and the rows per split."""
+    digest, counts = hashlib.sha256(), {}
     for split, rows in splits.items():
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-        (folder / f"{split}.jsonl").write_bytes(data)
-        digest.update(split.encode() + b"\0" + data)
-    return digest.hexdigest()
+        digest.update(split.encode() + b"\0")
+        counts[split] = 0
+        with open(folder / f"{split}.jsonl", "wb") as fh:
+            for r in rows:
+                line = (json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8")
+                fh.write(line)
+                digest.update(line)
+                counts[split] += 1
+    return digest.hexdigest(), counts
 
 
 def _clean_orphans(db, ws: Workspace, name: str) -> None:
-    """Inside the write lock: drop version folders without a DB row and dead writers' temp folders."""
-    folder = ws.datasets_dir / name
+    """Inside the write lock: move version folders without a DB row to orphaned/ (they may be the data of a
+    DB restored from an older backup) and remove dead writers' temp folders (never a version)."""
+    folder = _dataset_dir(ws, name)
     if not folder.is_dir():
         return
     known = {r[0] for r in db.execute("SELECT version FROM dataset_versions WHERE name = ?", [name]).fetchall()}
     for child in folder.iterdir():
         if re.fullmatch(r"v\d+", child.name) and int(child.name[1:]) not in known:
-            shutil.rmtree(child, ignore_errors=True)
+            ws.orphaned_dir.mkdir(mode=0o700, exist_ok=True)
+            aside = ws.orphaned_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{child.name}-{uuid.uuid4().hex[:6]}"
+            child.rename(aside)
+            log.warning("dataset %s: %s has no row in the database; moved it to %s", name, child, aside)
         m = re.fullmatch(r"\.tmp-(\d+)-\w+", child.name)
         if m and not processes.pid_alive(int(m.group(1))):
             shutil.rmtree(child, ignore_errors=True)
 
 
-def write_version(db, ws: Workspace, name: str, splits: dict[str, list[dict]], kind: str, transform: str,
+def write_version(db, ws: Workspace, name: str, splits: dict[str, Iterable[dict]], kind: str, transform: str,
                   params: dict, parent: str | None = None, source_name: str | None = None,
-                  source_hash: str | None = None, fmt: str | None = None, report: dict | None = None
-                  ) -> DatasetVersion:
-    """Write a new version of `name` atomically (files and DB row together) and return it."""
+                  source_hash: str | None = None, fmt: str | None = None,
+                  report: dict | Callable[[], dict] | None = None) -> DatasetVersion:
+    """Write a new version of `name` atomically (files and DB row together) and return it. The rows may
+    be any iterables, read once: an import streams a generator that raises UserError if the file turns
+    out bad, and then nothing is left behind. `report` may be a function, called once the rows are written."""
     check_name(name)
     if kind not in KINDS:
         raise UserError(f"unknown dataset kind {kind!r}; known: {', '.join(KINDS)}")
-    total = sum(len(rows) for rows in splits.values())
-    if total == 0:
-        raise UserError(f"dataset {name!r}: no rows left to write")
-    base = ws.datasets_dir / name
-    base.mkdir(parents=True, exist_ok=True)
+    base = _dataset_dir(ws, name)
+    made_base, written = not base.exists(), False
     tmp = base / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    tmp.mkdir()
+    tmp.mkdir(parents=True)
     try:
-        content_hash = _write_rows(tmp, splits)
-        counts = {s: len(rows) for s, rows in splits.items()}
-        report = report or {}
+        content_hash, counts = _write_rows(tmp, splits)
+        total = sum(counts.values())
+        if total == 0:
+            raise UserError(f"dataset {name!r}: no rows left to write")
+        report = (report() if callable(report) else report) or {}
         now = time.time()
         with dbmod.transaction(db):
             _clean_orphans(db, ws, name)
@@ -203,6 +254,10 @@ def write_version(db, ws: Workspace, name: str, splits: dict[str, list[dict]], k
             except BaseException:
                 shutil.rmtree(final, ignore_errors=True)
                 raise
+        written = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made_base and not written:
+            with contextlib.suppress(OSError):  # a failed first write leaves no folder (unless another writer's is in it)
+                base.rmdir()
     return resolve(db, ws, f"{name}@{version}")
