@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from core import processes
-from core import agreement, db as dbmod
+from core import agreement, db as dbmod, workspace
 from core.errors import UserError
 from core.generate import SamplingSettings
 
@@ -199,6 +199,7 @@ def create_campaign(db, ws, name: str, models: list[str], *, prompts: list | Non
 
 
 def _insert_campaign(db, name, source, models, config, settings, judge, status, created_by) -> int:
+    workspace.check_name(name, "campaign")  # it names export files (the Register button)
     cur = db.execute(
         "INSERT INTO campaigns(name, source, models_json, samples, overlap, settings_json, guidelines, judge, "
         "status, progress, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
@@ -649,7 +650,7 @@ def export(db, ws, name: str, fmt: str, out: str | Path, policy: ExportPolicy | 
            register: str | None = None) -> dict:
     """Write `trl` (aggregated preferences) or `battles` (raw votes) as JSONL; optionally register the
     TRL rows as a preference dataset version. Returns what was written."""
-    out = Path(out)
+    out = workspace.export_target(ws, out)
     if fmt == "trl":
         rows, counts = aggregate(db, name, policy)
     elif fmt == "battles":
@@ -658,10 +659,8 @@ def export(db, ws, name: str, fmt: str, out: str | Path, policy: ExportPolicy | 
         rows, counts = arena_battles(db, name), {}
     else:
         raise UserError(f"format {fmt!r}: expected trl or battles")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    workspace.write_export(ws, out, lambda tmp: tmp.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"))
     doc = {"campaign": name, "format": fmt, "out": str(out), "rows": len(rows), **counts}
     if register:
         if not rows:
