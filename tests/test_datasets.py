@@ -11,13 +11,10 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, TEST_DATA
 from core import datasets
 from core import workspace as wsmod
 from core.errors import UserError
-
-LF = SHARED_DATA / "llamafactory"
-
 
 def write_jsonl(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -37,26 +34,26 @@ def import_error(db, ws, path, **kw) -> str:
     return str(exc.value)
 
 
-# ---------------------------------------------------------------- real data
+# ---------------------------------------------------------------- LLaMA-Factory's formats, whole files
 
-def test_llamafactory_alpaca_demo_is_alpaca_with_999_rows(workspace):
+def test_llamafactory_alpaca_demo_is_alpaca_with_300_rows(workspace):
     db, ws = workspace
-    result = datasets.import_file(db, ws, LF / "alpaca_en_demo.json", "alpaca")
+    result = datasets.import_file(db, ws, TEST_DATA / "alpaca_demo.json", "alpaca")
     assert result.detected_format == "alpaca"
-    assert result.version.rows == 999 and result.version.kind == "sft"
-    first = json.loads((LF / "alpaca_en_demo.json").read_text())[0]
+    assert result.version.rows == 300 and result.version.kind == "sft"
+    first = json.loads((TEST_DATA / "alpaca_demo.json").read_text())[0]
     row = result.version.load()[0]
     assert row == {"messages": [{"role": "user", "content": first["instruction"]},
                                 {"role": "assistant", "content": first["output"]}]}
 
 
-def test_llamafactory_dpo_demo_is_preference_with_300_pairs(workspace):
+def test_llamafactory_dpo_demo_is_preference_with_120_pairs(workspace):
     db, ws = workspace
-    result = datasets.import_file(db, ws, LF / "dpo_en_demo.json", "dpo")
+    result = datasets.import_file(db, ws, TEST_DATA / "dpo_demo.json", "dpo")
     assert result.detected_format == "preference"
     v = result.version
-    assert v.rows == 300 and v.kind == "preference"
-    src = json.loads((LF / "dpo_en_demo.json").read_text())[0]
+    assert v.rows == 120 and v.kind == "preference"
+    src = json.loads((TEST_DATA / "dpo_demo.json").read_text())[0]
     row = v.load()[0]
     assert row["prompt"][-1] == {"role": "user", "content": src["conversations"][-1]["value"]}
     assert row["chosen"] == [{"role": "assistant", "content": src["chosen"]["value"]}]

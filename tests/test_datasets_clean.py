@@ -7,7 +7,7 @@ import pytest
 from core import datasets
 from core.datasets import cleaning, inspection
 from core.errors import UserError
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, TEST_DATA
 
 
 def sft(user: str, answer: str) -> dict:
@@ -124,7 +124,7 @@ def test_split_is_reproducible_by_seed(workspace):
 def test_export_round_trips_through_jsonl_parquet_and_save_to_disk(workspace, tmp_path):
     from datasets import load_from_disk
     db, ws = workspace
-    v = datasets.import_file(db, ws, SHARED_DATA / "llamafactory" / "dpo_en_demo.json", "dpo").version
+    v = datasets.import_file(db, ws, TEST_DATA / "dpo_demo.json", "dpo").version
     rows = v.load()
     [jsonl] = datasets.export(db, ws, "dpo", "trl", tmp_path / "dpo.jsonl")
     [parquet] = datasets.export(db, ws, "dpo", "parquet", tmp_path / "dpo.parquet")
@@ -149,7 +149,7 @@ def test_trl_trainers_prepare_the_exported_files(tiny_model, tmp_path):
     from core import models
     db, ws, name = tiny_model
     sft_v = datasets.import_file(db, ws, REPO / "data" / "samples" / "acme_router_sft.jsonl", "acme").version
-    dpo_v = datasets.import_file(db, ws, SHARED_DATA / "llamafactory" / "dpo_en_demo.json", "dpo").version
+    dpo_v = datasets.import_file(db, ws, TEST_DATA / "dpo_demo.json", "dpo").version
     [sft_file] = datasets.export(db, ws, sft_v.ref, "trl", tmp_path / "sft.jsonl")
     [dpo_file] = datasets.export(db, ws, dpo_v.ref, "trl", tmp_path / "dpo.jsonl")
     path = models.model_path(db, ws, name)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import REPO, SHARED_DATA, run_cli
+from tests.conftest import REPO, TEST_DATA, run_cli
 
 ACME = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 
@@ -29,16 +29,16 @@ def test_broken_line_3_exits_2_names_it_and_imports_nothing(tmp_path):
 
 def test_import_show_clean_split_export_with_json(tmp_path):
     home = tmp_path / "home"
-    done = run_cli("data", "import", str(SHARED_DATA / "llamafactory" / "alpaca_en_demo.json"), "--name", "alpaca",
+    done = run_cli("data", "import", str(TEST_DATA / "alpaca_demo.json"), "--name", "alpaca",
                    "--json", env_home=home)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    assert (doc["ref"], doc["detected_format"], doc["imported"], doc["skipped"]) == ("alpaca@1", "alpaca", 999, 0)
+    assert (doc["ref"], doc["detected_format"], doc["imported"], doc["skipped"]) == ("alpaca@1", "alpaca", 300, 0)
     assert "%|" in done.stderr  # the tqdm bar went to stderr, the JSON alone to stdout
 
     done = run_cli("data", "clean", "alpaca", "--dedup", "near", "--threshold", "0.7", "--json", env_home=home)
     steps = json.loads(done.stdout)
-    assert [(s["step"], s["ref"], s["before"]) for s in steps] == [("dedup_exact", "alpaca@2", 999),
+    assert [(s["step"], s["ref"], s["before"]) for s in steps] == [("dedup_exact", "alpaca@2", 300),
                                                                    ("dedup_near", "alpaca@3", steps[0]["after"])]
     assert steps[1]["after"] <= steps[1]["before"]
 
@@ -51,7 +51,7 @@ def test_import_show_clean_split_export_with_json(tmp_path):
     done = run_cli("data", "show", "alpaca", "--json", env_home=home)
     show = json.loads(done.stdout)
     assert [s["transform"] for s in show["lineage"]] == ["import", "dedup_exact", "dedup_near", "split"]
-    assert show["lineage"][0]["source"] == "alpaca_en_demo.json" and show["turns"]["roles"]["assistant"] > 0
+    assert show["lineage"][0]["source"] == "alpaca_demo.json" and show["turns"]["roles"]["assistant"] > 0
 
     out = tmp_path / "export"
     done = run_cli("data", "export", "alpaca@4", "--format", "jsonl", "--out", str(out), env_home=home)

@@ -8,7 +8,7 @@ import pytest
 from core import feedback, models
 from core.errors import UserError
 from core.generate import SamplingSettings
-from tests.conftest import SHARED_DATA, run_cli
+from tests.conftest import TEST_DATA, run_cli
 
 PROMPTS = ["What is the capital of France?", "Give three tips for staying healthy.", "Count to five.",
            "Say hello.", "Name a colour."]
@@ -274,10 +274,10 @@ def test_import_alpaca_eval(workspace, tmp_path):
 
 
 def test_campaign_from_dataset_prompts(two_models):
-    """Prompts come from a real third-party file imported as a dataset (LLaMA-Factory's alpaca demo)."""
+    """Prompts come from a whole file imported as a dataset (the alpaca fixture, LLaMA-Factory's format)."""
     from core import datasets
     conn, ws = two_models
-    version = datasets.import_file(conn, ws, SHARED_DATA / "llamafactory" / "alpaca_en_demo.json", "alpaca").version
+    version = datasets.import_file(conn, ws, TEST_DATA / "alpaca_demo.json", "alpaca").version
     c = feedback.create_campaign(conn, ws, "from-ds", ["tiny", "tiny-b"], dataset="alpaca")
     assert c.source == f"dataset:{version.ref}"
     assert len(feedback.prompts(conn, c)) == version.rows

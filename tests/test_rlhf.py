@@ -221,15 +221,15 @@ def test_a_killed_dpo_run_resumes_from_its_checkpoint(rlhf):
 
 @pytest.mark.slow
 def test_reward_model_on_the_bundled_model_and_real_preferences(bundled_model, tmp_path):
-    """A few LoRA steps of a reward model on SmolLM2-135M with LLaMA-Factory's dpo_en_demo pairs."""
+    """A few LoRA steps of a reward model on SmolLM2-135M with the sharegpt preference fixture."""
     from core import datasets, runs
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import TEST_DATA
 
     db, ws, name = bundled_model
-    version = datasets.import_file(db, ws, SHARED_DATA / "llamafactory" / "dpo_en_demo.json", "dpo-demo").version
-    assert version.kind == "preference" and version.rows == 300
+    version = datasets.import_file(db, ws, TEST_DATA / "dpo_demo.json", "dpo-demo").version
+    assert version.kind == "preference" and version.rows == 120
     ref = datasets.split(db, ws, version.ref, val=0.1, seed=0).ref
-    # Pairs longer than max_length are left out (median 530 tokens here; 28 of 300 fit in 256).
+    # Pairs longer than max_length are left out (median 85 tokens here; 91 of 120 fit in 256).
     run_id = runs.launch(db, ws, {"method": "reward", "base_model": name, "dataset": ref, "tuning": "lora",
                                   "learning_rate": 1e-4, "max_steps": 2, "per_device_train_batch_size": 1,
                                   "max_length": 256, "logging_steps": 1, "eval_steps": 100, "save_steps": 100,

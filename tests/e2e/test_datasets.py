@@ -2,7 +2,7 @@
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import SHARED_DATA, wait_for_app
+from tests.conftest import TEST_DATA, wait_for_app
 
 pytestmark = pytest.mark.e2e
 
@@ -25,19 +25,19 @@ def test_engineer_uploads_a_file_and_sees_format_stats_and_preview(app, page, tm
     page.get_by_text("line 3: not JSON").wait_for()
     expect(page.get_by_text("nothing imported")).to_be_visible()
 
-    upload(page, SHARED_DATA / "llamafactory" / "alpaca_en_demo.json", "alpaca")
+    upload(page, TEST_DATA / "alpaca_demo.json", "alpaca")
     page.get_by_text("Detected format:").wait_for()
     wait_for_app(page)
-    expect(page.get_by_text("Imported 999 of 999 records as alpaca@1")).to_be_visible()
+    expect(page.get_by_text("Imported 300 of 300 records as alpaca@1")).to_be_visible()
     metric = page.get_by_test_id("stMetric").filter(has_text="Rows")
-    expect(metric).to_contain_text("999", timeout=20_000)
+    expect(metric).to_contain_text("300", timeout=20_000)
     expect(page.get_by_test_id("stMetric").filter(has_text="Format")).to_contain_text("alpaca")
     preview = page.get_by_test_id("stTable")
-    expect(preview).to_contain_text("Describe a process of making crepes.")
-    expect(preview).to_contain_text("Making crepes is an easy and delicious process!")
+    expect(preview).to_contain_text("Describe how to feed a sourdough starter.")
+    expect(preview).to_contain_text("Feeding a sourdough starter takes two minutes a day!")
     # The browser shows a row as a chat.
-    page.get_by_label("Search rows", exact=True).fill("crepes")
+    page.get_by_label("Search rows", exact=True).fill("sourdough")
     page.get_by_label("Search rows", exact=True).press("Enter")
     page.get_by_text("1 matching rows").wait_for()
-    expect(page.get_by_test_id("stChatMessage").first).to_contain_text("crepes")
-    assert app.db().execute("SELECT rows FROM dataset_versions WHERE name = 'alpaca'").fetchone()[0] == 999
+    expect(page.get_by_test_id("stChatMessage").first).to_contain_text("sourdough")
+    assert app.db().execute("SELECT rows FROM dataset_versions WHERE name = 'alpaca'").fetchone()[0] == 300
