@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from third_party import require
 from train_throughput import ALPACA, model_dir, summary, tunelab_setup
 
 
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--tuning", default="lora", choices=["lora", "full"])
     ap.add_argument("--data", type=Path, default=ALPACA)
     args = ap.parse_args()
+    require(args.data)
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-"))
     os.environ["TUNELAB_HOME"] = str(home)
     from transformers.utils import logging as hf_logging

@@ -16,9 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from third_party import SHARED_DATA, require
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEMO = REPO.parent / "shared" / "data" / "llamafactory" / "alpaca_en_demo.json"
+DEMO = SHARED_DATA / "llamafactory" / "alpaca_en_demo.json"
 
 
 def make_rows(n: int, seed: int = 0) -> list[dict]:
@@ -46,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
     args = ap.parse_args()
+    require(DEMO)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TUNELAB_HOME"] = str(Path(tmp) / "home")
         from core import datasets, db, workspace

@@ -9,12 +9,11 @@ Greedy decoding, so both paths do the same work.
 import argparse
 import json
 import time
-from pathlib import Path
 
 from core import db, generate, models, workspace
+from third_party import SHARED_DATA, require
 
-REPO = Path(__file__).resolve().parents[1]
-MT_BENCH = REPO.parent / "shared" / "data" / "fastchat" / "mt_bench_questions.jsonl"
+MT_BENCH = SHARED_DATA / "fastchat" / "mt_bench_questions.jsonl"
 
 
 def count_tokens(tokenizer, answers: list[str]) -> int:
@@ -28,6 +27,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     args = ap.parse_args()
+    require(MT_BENCH)
 
     import torch
     ws = workspace.current()

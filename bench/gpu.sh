@@ -18,6 +18,13 @@ GPU=.gpu
 PACKAGES="trl transformers peft datasets dill multiprocess sqlite-utils sqlite-fts4 click-default-group liger-kernel"
 
 prepare() {
+    local alpaca=../shared/data/llamafactory/alpaca_en_demo.json
+    if [ ! -f "$alpaca" ]; then
+        echo "$alpaca: not found; bench/gpu.sh prepare reads third-party data from ../shared/data, which a fresh" \
+             "clone lacks; download alpaca_en_demo.json from the data/ folder of" \
+             "https://github.com/hiyouga/LLaMA-Factory into ../shared/data/llamafactory" >&2
+        exit 2
+    fi
     mkdir -p "$GPU/wheels"
     grep -qx "/$GPU/" .git/info/exclude 2>/dev/null || echo "/$GPU/" >> .git/info/exclude
     local pins=()
@@ -28,11 +35,11 @@ prepare() {
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform any -d "$GPU/wheels" "${pins[@]}"
-    python - "$GPU" <<'EOF'
+    python - "$GPU" "$alpaca" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-rows = json.loads(Path("../shared/data/llamafactory/alpaca_en_demo.json").read_text())[:320]
+rows = json.loads(Path(sys.argv[2]).read_text())[:320]
 (out / "alpaca.json").write_text(json.dumps(rows))
 model = next(p for p in (Path("data/models/smollm2-135m-instruct"),
                          Path.home() / ".cache/tunelab-tests/models/smollm2-135m-instruct") if (p / "config.json").exists())

@@ -15,8 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DPO_DEMO = REPO.parent / "shared" / "data" / "llamafactory" / "dpo_en_demo.json"
+from third_party import SHARED_DATA, require
+
+DPO_DEMO = SHARED_DATA / "llamafactory" / "dpo_en_demo.json"
 
 
 def main() -> None:
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--max-completion-length", type=int, default=32)
     ap.add_argument("--num-generations", type=int, default=2)
     args = ap.parse_args()
+    require(DPO_DEMO)
 
     from core import db as dbmod, models, workspace
     cache = Path(os.environ.get("TUNELAB_TEST_CACHE", Path.home() / ".cache" / "tunelab-tests"))

@@ -32,9 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from third_party import SHARED_DATA, require
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-ALPACA = REPO.parent / "shared" / "data" / "llamafactory" / "alpaca_en_demo.json"
+ALPACA = SHARED_DATA / "llamafactory" / "alpaca_en_demo.json"
 HELD_OUT = 64
 LR = 2e-4
 SETUPS = ("plain", "tuned", "tunelab")
@@ -176,6 +178,7 @@ def main() -> None:
     ap.add_argument("--setups", default=",".join(SETUPS))
     ap.add_argument("--data", type=Path, default=ALPACA)
     args = ap.parse_args()
+    require(args.data)
     setups = args.setups.split(",")
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-"))
     os.environ["TUNELAB_HOME"] = str(home)
