@@ -84,14 +84,13 @@ def cmd_models_add(args) -> None:
 # ---------------------------------------------------------------- generate
 
 def cmd_generate(args) -> None:
-    from core import generate, models
+    from core import configs, generate, models
     db, ws = _db_ws()
+    settings = configs.from_flags(generate.SamplingSettings, args)
     with progress_bar(f"loading {args.model}") as update:
         path = models.model_path(db, ws, args.model, progress=update)
     adapter = generate.adapter_dir(ws.runs_dir, args.adapter) if args.adapter else None
     model, tokenizer = generate.load(path, adapter)
-    settings = generate.SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                         top_p=args.top_p, seed=args.seed, system_prompt=args.system)
     [answer] = generate.generate(model, tokenizer, [args.prompt], settings)
     if args.json:
         _print_json({"model": args.model, "adapter": args.adapter, "prompt": args.prompt, "answer": answer,
@@ -250,31 +249,15 @@ def cmd_data_split(args) -> None:
 
 # ---------------------------------------------------------------- eval and leaderboard
 
-def _eval_flags(parser) -> None:
-    """One flag per EvalConfig field (the help comes from the dataclass)."""
-    import dataclasses
-    from core.evaluate import BASELINES, EvalConfig
-    for f in dataclasses.fields(EvalConfig):
-        if f.name == "model":
-            continue
-        kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
-        extra = {"choices": BASELINES} if f.name == "baseline" else {}
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, required=f.name == "dataset",
-                            default=None, help=f.metadata["help"], **extra)
-
-
 def _eval_summary(row: dict) -> dict:
     return {"id": row["id"], "label": row["label"], "status": row["status"], "dataset": row["dataset"],
             "error": row["error"], "metrics": row["metrics"]}
 
 
 def cmd_eval(args) -> None:
-    import dataclasses
-    from core import evaluate
+    from core import configs, evaluate
     db, ws = _db_ws()
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(evaluate.EvalConfig)
-             if getattr(args, f.name, None) is not None}
-    config = evaluate.EvalConfig(**given)
+    config = configs.from_flags(evaluate.EvalConfig, args, {"model": args.model})
     eval_id = evaluate.launch(db, ws, config)
     if not args.wait:
         if args.json:
@@ -347,20 +330,8 @@ def cmd_demo(args) -> None:
 
 # ---------------------------------------------------------------- feedback
 
-def _flags_from(parser, cls, skip=()) -> None:
-    """One --flag per dataclass field, help text from the field's metadata."""
-    import dataclasses
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0].replace("'", ""), str)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,
-                            help=f"{f.metadata.get('help', '')} (default: {f.default})")
-
-
 def cmd_feedback_create(args) -> None:
-    import dataclasses
-    from core import feedback
+    from core import configs, feedback
     from core.generate import SamplingSettings
     db, ws = _db_ws()
     if bool(args.prompts) == bool(args.prompts_file):
@@ -371,8 +342,8 @@ def cmd_feedback_create(args) -> None:
             pasted = [line for line in open(args.prompts_file).read().splitlines() if line.strip()]
         except OSError as exc:
             raise UserError(f"{args.prompts_file}: {exc.strerror}") from None
-    config = feedback.CampaignConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(feedback.CampaignConfig)})
-    settings = SamplingSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingSettings)})
+    config = configs.from_flags(feedback.CampaignConfig, args)
+    settings = configs.from_flags(SamplingSettings, args)
     c = feedback.create_campaign(db, ws, args.name, args.models.split(","), prompts=pasted, dataset=args.prompts,
                                  config=config, settings=settings)
     pid = feedback.start_generation(db, ws, c.name)
@@ -467,10 +438,10 @@ def _wait_for_run(db, run_id: str) -> None:
 
 
 def cmd_train(args) -> None:
-    from core import runs
+    from core import configs, runs
     from core.train import config
     db, ws = _db_ws()
-    run_id = runs.launch(db, ws, config.load_file(args.config))
+    run_id = runs.launch(db, ws, config.load_file(args.config, configs.given(args)))
     print(run_id, flush=True)
     if args.wait:
         _wait_for_run(db, run_id)
@@ -549,6 +520,12 @@ def cmd_score(args) -> None:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    from core import configs
+    from core.evaluate import EvalConfig
+    from core.feedback import CampaignConfig
+    from core.generate import SamplingSettings
+    from core.train import config as train_config
+
     p = argparse.ArgumentParser(prog="tunelab", description="A local-first fine-tuning studio for LLMs.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -569,11 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--model", default="smollm2-135m-instruct", help="registered model name")
     x.add_argument("--adapter", help="run id whose LoRA adapter to apply")
     x.add_argument("--prompt", required=True, help="the user message")
-    x.add_argument("--system", help="system prompt")
-    x.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate")
-    x.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    x.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass")
-    x.add_argument("--seed", type=int, default=0, help="sampling seed")
+    configs.add_flags(x, SamplingSettings, defaults={"temperature": 0.0}, aliases={"system_prompt": ["--system"]})
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_generate)
 
@@ -652,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("eval", help="evaluate a model, adapter or baseline on an eval dataset (in the background)")
     x.add_argument("model", help="registered model name")
-    _eval_flags(x)
+    configs.add_flags(x, EvalConfig, skip={"model"}, required={"dataset"})
     x.add_argument("--wait", action="store_true", help="wait for it, with progress, and print the metrics")
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_eval)
@@ -680,10 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--prompts", help="dataset whose prompts to use: NAME or NAME@VERSION")
     x.add_argument("--prompts-file", help="a text file with one prompt per line (instead of --prompts)")
     x.add_argument("--models", required=True, help="comma-separated model specs: NAME or NAME+RUN_ID")
-    from core.feedback import CampaignConfig
-    from core.generate import SamplingSettings
-    _flags_from(x, CampaignConfig)
-    _flags_from(x, SamplingSettings)
+    configs.add_flags(x, CampaignConfig)
+    configs.add_flags(x, SamplingSettings)
     x.add_argument("--wait", action="store_true", help="wait for generation, with a progress bar")
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_feedback_create)
@@ -721,10 +692,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--name", required=True, help="name to register the merged model under")
     x.set_defaults(func=cmd_models_merge)
 
-    x = sub.add_parser("train", help="launch a training run from a YAML config; prints the run id")
+    x = sub.add_parser("train", help="launch a training run from a YAML config; prints the run id",
+                       description="Launch a training run from a YAML config; prints the run id. Any config key "
+                       "can follow as a flag that overrides the file: tunelab train run.yaml --learning_rate 1e-4 "
+                       "--lora.r 16. A flag's value is read as a YAML value and checked as the key is in the file "
+                       "(a wrong type or a key the method lacks: exit 2, naming the key).")
     x.add_argument("config", help="YAML file with TRL/transformers keys (method, base_model, dataset, tuning, ...)")
     x.add_argument("--wait", action="store_true",
                    help="show progress and exit with the outcome: 0 completed, 1 failed/stopped/interrupted")
+    added = configs.add_flags(x.add_argument_group("config keys of every method"), train_config.RunConfig,
+                              show_defaults=False)
+    for name, module in sorted(train_config.methods().items()):
+        added |= configs.add_flags(x.add_argument_group(f"config keys of method {name} (and others listed above)"),
+                                   module.Config, skip=added, show_defaults=False)
     x.set_defaults(func=cmd_train)
 
     runs_p = sub.add_parser("runs", help="training runs: list, show, stop, resume")

@@ -61,7 +61,7 @@ class EvalConfig:
     adapter: str | None = field(default=None, metadata={"help": "Run id whose LoRA adapter to apply."})
     baseline: str | None = field(default=None, metadata={
         "help": "prompting (system prompt + k few-shot train examples) or rag (k BM25-retrieved train "
-                "examples); empty for the model as it is."})
+                "examples); empty for the model as it is.", "choices": BASELINES})
     split: str | None = field(default=None, metadata={
         "help": "Split to evaluate; default test, else validation, else train (which a fine-tuned model has seen)."})
     k: int = field(default=3, metadata={"help": "Examples shown by the prompting and RAG baselines."})

@@ -13,9 +13,9 @@ from core.errors import UserError
 
 @dataclass
 class SamplingSettings:
-    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per answer."})
-    temperature: float = field(default=0.7, metadata={"help": "0 means greedy decoding."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per answer.", "min": 1})
+    temperature: float = field(default=0.7, metadata={"help": "0 means greedy decoding.", "min": 0.0})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass.", "min": 0.0, "max": 1.0})
     seed: int = field(default=0, metadata={"help": "Same seed, same settings and same prompts give the same answers."})
     system_prompt: str | None = field(default=None, metadata={"help": "Prepended as a system turn when set."})
 

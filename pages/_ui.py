@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from core import auth, db as dbmod, web, workspace
+from core import auth, configs, db as dbmod, web, workspace
 from core.errors import UserError
 
 
@@ -95,3 +95,36 @@ def user_errors():
         yield
     except UserError as exc:
         st.error(str(exc))
+
+
+def config_form_fields(cls, key: str, *, skip=(), options: dict | None = None, defaults: dict | None = None,
+                       multiline=(), columns: int = 1) -> dict:
+    """One input per field of a config dataclass (core.configs.form_fields), labelled with the key and
+    explained by its help; returns the values as a mapping (nested blocks as `{'lora': {...}}`) for
+    `configs.from_mapping` or `config.from_dict`, which check them as YAML keys are checked.
+
+    `options` gives a field a list to pick from (registered models, datasets); None in it shows as (none).
+    Text boxes keep numbers as typed (2e-4 stays 2e-4); `multiline` fields get a text area."""
+    options, values = options or {}, {}
+    slots = st.columns(columns) if columns > 1 else [st.container()]
+    for i, f in enumerate(configs.form_fields(cls, skip=skip, defaults=defaults)):
+        widget_key, label = f"{key}_{f.name}", f.name
+        with slots[i % len(slots)]:
+            if f.kind == "group":
+                st.caption(f"{f.name}: {f.help}")
+            elif f.name in options or f.kind == "choice":
+                picks = list(options.get(f.name, f.choices))
+                if f.optional and None not in picks:
+                    picks.insert(0, None)
+                values[f.name] = st.selectbox(label, picks, index=picks.index(f.default) if f.default in picks else 0,
+                                              format_func=lambda p: "(none)" if p is None else str(p), help=f.help,
+                                              key=widget_key)
+            elif f.kind == "bool":
+                values[f.name] = st.checkbox(label, value=f.default, help=f.help, key=widget_key)
+            elif f.kind == "int":
+                values[f.name] = st.number_input(label, value=f.default, min_value=f.min, max_value=f.max, step=1,
+                                                 help=f.help, key=widget_key)
+            else:
+                box = st.text_area if f.name in multiline else st.text_input
+                values[f.name] = f.value_of(box(label, value=f.text, help=f.help, key=widget_key))
+    return configs.nest(values)

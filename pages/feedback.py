@@ -1,29 +1,17 @@
 """Feedback: create preference campaigns, watch generation, check label quality, export and import."""
-import dataclasses
 import json
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import feedback, models, workspace
+from core import configs, feedback, models, workspace
 from core.generate import SamplingSettings
 from pages import _ui
 
 user = _ui.guard("feedback")
 st.title("Feedback")
 conn, ws = _ui.db(), _ui.ws()
-
-
-def _field_input(f, prefix: str):
-    """One form widget per config field, labelled and explained by the dataclass."""
-    label, key, help_ = f.name.replace("_", " "), f"{prefix}_{f.name}", f.metadata.get("help")
-    if f.type == "int":
-        return st.number_input(label, value=f.default, step=1, key=key, help=help_)
-    if f.type == "float":
-        return st.number_input(label, value=float(f.default), key=key, help=help_)
-    value = st.text_area(label, value=f.default or "", key=key, help=help_, height=68)
-    return value or (None if f.default is None else "")
 
 
 # ---------------------------------------------------------------- new campaign
@@ -40,17 +28,18 @@ with st.expander("New campaign", expanded=not feedback.list_campaigns(conn)):
         pasted = st.text_area("…or paste prompts, one per line")
         left, right = st.columns(2)
         with left:
-            config = {f.name: _field_input(f, "cc") for f in dataclasses.fields(feedback.CampaignConfig)}
+            config = _ui.config_form_fields(feedback.CampaignConfig, "cc", multiline={"guidelines"})
         with right:
-            sampling = {f.name: _field_input(f, "ss") for f in dataclasses.fields(SamplingSettings)}
+            sampling = _ui.config_form_fields(SamplingSettings, "ss", multiline={"system_prompt"})
         submitted = st.form_submit_button("Create and generate", type="primary")
     if submitted:
         with _ui.user_errors():
             lines = [p for p in pasted.splitlines() if p.strip()]
             c = feedback.create_campaign(conn, ws, name, chosen, prompts=lines or None,
                                          dataset=None if lines else (dataset.strip() or None),
-                                         config=feedback.CampaignConfig(**config),
-                                         settings=SamplingSettings(**sampling), created_by=user.id)
+                                         config=configs.from_mapping(feedback.CampaignConfig, config, "form"),
+                                         settings=configs.from_mapping(SamplingSettings, sampling, "form"),
+                                         created_by=user.id)
             feedback.start_generation(conn, ws, c.name)
             st.session_state.fb_campaign = c.name
             st.rerun()

@@ -1,9 +1,5 @@
 """Launch a training run: a form built from the method's config dataclass (help text included), the YAML it
 makes, and a time and cost estimate before anything starts."""
-import dataclasses
-import re
-import typing
-
 import streamlit as st
 
 from core import cost, datasets, models, runs
@@ -26,71 +22,16 @@ cls = methods[method].Config
 model_names = [m.name for m in models.list_models(conn)]
 refs = [v.ref for d in datasets.list_datasets(conn) for v in reversed(datasets.versions(conn, ws, d["name"]))
         if v.kind in cls.dataset_kinds]
-done_runs = [r.id for r in runs.list_runs(conn) if r.status == "completed"]
+done = [r for r in runs.list_runs(conn) if r.status == "completed"]
+done_runs, reward_runs = [r.id for r in done], [r.id for r in done if r.method == "reward"]
 if not refs:
     st.info(f"No {' or '.join(cls.dataset_kinds)} dataset yet: import one on the Datasets page first.")
     st.stop()
 
-
-def _default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
-def _widget(name: str, f: dataclasses.Field, tp, default, key: str):
-    """One input per config field, chosen by its type; numbers as text so 2e-4 reads as written."""
-    help_text = f.metadata.get("help")
-    if "choices" in f.metadata:
-        options = list(f.metadata["choices"])
-        return st.selectbox(name, options, index=options.index(default), help=help_text, key=key)
-    if tp is bool:
-        return st.checkbox(name, value=default, help=help_text, key=key)
-    if tp is int:
-        return st.number_input(name, value=default, step=1, help=help_text, key=key)
-    value = st.text_input(name, value="" if default is None else str(default), help=help_text, key=key).strip()
-    if int in typing.get_args(tp) and re.fullmatch(r"-?\d+", value):  # an optional int
-        return int(value)
-    return value or None
-
-
-values: dict = {"method": method}
 with st.form("launch"):
-    left, right = st.columns(2)
-    for i, (name, f, tp) in enumerate(config.field_help(cls)):
-        if name == "method":
-            continue
-        with left if i % 2 else right:
-            key = f"cfg_{method}_{name}"
-            if name == "base_model":
-                values[name] = st.selectbox(name, model_names, help=f.metadata["help"], key=key)
-            elif name == "dataset":
-                values[name] = st.selectbox(name, refs, index=refs.index(asked["dataset"])
-                                            if asked.get("dataset") in refs else 0, help=f.metadata["help"], key=key)
-            elif name == "reward_model":
-                reward_runs = [r.id for r in runs.list_runs(conn) if r.status == "completed" and r.method == "reward"]
-                picked = st.selectbox(name, reward_runs or ["(none: train a reward model first)"],
-                                      help=f.metadata["help"], key=key)
-                values[name] = picked if reward_runs else None
-            elif name == "init_from":
-                picked = st.selectbox(name, ["(none)"] + done_runs, help=f.metadata["help"], key=key)
-                values[name] = None if picked == "(none)" else picked
-            elif name == "lora":
-                lora = {}
-                st.caption("LoRA (used by tuning lora and qlora)")
-                for sub, sf, stp in config.field_help(config.LoraSettings):
-                    default = _default(sf)
-                    if sub == "target_modules":
-                        text = st.text_input("lora.target_modules", value=default, help=sf.metadata["help"],
-                                             key=f"{key}_{sub}")
-                        lora[sub] = text.strip() if "," not in text else [t.strip() for t in text.split(",") if t.strip()]
-                    else:
-                        lora[sub] = _widget(f"lora.{sub}", sf, stp, default, f"{key}_{sub}")
-                values[name] = lora
-            else:
-                values[name] = _widget(name, f, tp, _default(f), key)
+    values = {"method": method, **_ui.config_form_fields(
+        cls, f"cfg_{method}", skip={"method"}, columns=2, defaults={"dataset": asked.get("dataset")},
+        options={"base_model": model_names, "dataset": refs, "init_from": done_runs, "reward_model": reward_runs})}
     c1, c2 = st.columns(2)
     preview = c1.form_submit_button("Preview config and estimate")
     launch = c2.form_submit_button("Launch", type="primary")

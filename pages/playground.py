@@ -2,12 +2,12 @@
 one prompt to two models with the same settings and read the answers side by side.
 
 Loaded models are cached (st.cache_resource) for inference only; training never happens in the app."""
-import dataclasses
 from pathlib import Path
 
 import streamlit as st
 
-from core import generate, models, runs
+from core import configs, generate, models, runs
+from core.errors import UserError
 from pages import _ui
 
 _ui.guard("playground")
@@ -36,21 +36,15 @@ def model_of(spec: str):
 
 
 def sampling_settings() -> generate.SamplingSettings:
-    """Sidebar inputs generated from SamplingSettings' fields and help text."""
-    values = {}
+    """Sidebar inputs drawn from SamplingSettings' fields and help text; a bad value stops the page, named."""
     with st.sidebar:
         st.subheader("Sampling")
-        for f in dataclasses.fields(generate.SamplingSettings):
-            help_text, key = f.metadata.get("help"), f"pg_{f.name}"
-            if f.name == "system_prompt":
-                values[f.name] = st.text_area("system prompt", value="", help=help_text, key=key).strip() or None
-            elif f.type in ("float", float):
-                values[f.name] = st.number_input(f.name, value=float(f.default), min_value=0.0, step=0.05,
-                                                 help=help_text, key=key)
-            else:
-                values[f.name] = st.number_input(f.name, value=int(f.default), min_value=0, step=1,
-                                                 help=help_text, key=key)
-    return generate.SamplingSettings(**values)
+        values = _ui.config_form_fields(generate.SamplingSettings, "pg", multiline={"system_prompt"})
+        try:
+            return configs.from_mapping(generate.SamplingSettings, values, "sampling")
+        except UserError as exc:
+            st.error(str(exc))
+            st.stop()
 
 
 specs = model_specs()

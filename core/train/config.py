@@ -2,16 +2,17 @@
 
 Every method shares `RunConfig`; a method module `core/train/<method>.py` subclasses it as `Config`
 with its own fields and defines `train(ctx)`. `method:` in the YAML picks the module, so adding a
-method is adding one file. The CLI, the Launch page form and the docs all read these dataclasses.
+method is adding one file. The CLI flags, the Launch page form and the docs all read these dataclasses
+through core/configs.py, which also holds the one type checker.
 
-    parse_yaml(text, source)  -> Config   (keys and types checked, line numbers in errors)
+    parse_yaml(text, source, overrides) -> Config   (keys and types checked, line numbers in errors;
+                                                     overrides from `tunelab train` flags on top)
     resolve(db, ws, cfg)      -> Config   (model, dataset and init_from checked; dataset pinned)
     to_yaml(cfg)              -> str      (the resolved config, saved as <run>/config.yaml)
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import pkgutil
 import types
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from core import configs
+from core.configs import flat
 from core.errors import UserError
 
 TUNINGS = ("full", "lora", "qlora")
@@ -131,151 +134,41 @@ def config_class(method: str) -> type[RunConfig]:
     return known[method].Config
 
 
-# ---------------------------------------------------------------- parsing and type checks
+# ---------------------------------------------------------------- parsing (checks in core/configs.py)
 
-def _key_lines(text: str) -> dict[str, int]:
-    """Top-level and lora.* key -> 1-based line, from the YAML node tree."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return {}
-    lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            lines[str(k.value)] = k.start_mark.line + 1
-            if isinstance(v, yaml.MappingNode):
-                for k2, _ in v.value:
-                    lines[f"{k.value}.{k2.value}"] = k2.start_mark.line + 1
-    return lines
-
-
-def parse_yaml(text: str, source: str = "config") -> RunConfig:
-    """The config in a YAML text, checked key by key. Errors name the file, line and key."""
+def parse_yaml(text: str, source: str = "config", overrides: dict | None = None) -> RunConfig:
+    """The config in a YAML text, checked key by key, with `overrides` (from flags: `{'lora': {'r': 16}}`) on
+    top, checked the same way. Errors name the file and line, or the flag, and the key."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of keys to values at the top level")
-    return from_dict(raw, source, _key_lines(text))
+    overrides = overrides or {}
+    places = configs.key_lines(text, source) | configs.flag_places(overrides)
+    return from_dict(configs.merge(raw, overrides), source, places)
 
 
-def load_file(path: str | Path) -> RunConfig:
+def load_file(path: str | Path, overrides: dict | None = None) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such config file")
-    return parse_yaml(path.read_text(), str(path))
+    return parse_yaml(path.read_text(), str(path), overrides)
 
 
-def from_dict(raw: dict, source: str = "config", lines: dict[str, int] | None = None) -> RunConfig:
-    """Build the method's Config from a mapping (YAML or a form), rejecting unknown keys and wrong types."""
-    lines = lines or {}
-
-    def where(key: str) -> str:
-        return f"{source}: line {lines[key]}: key {key!r}" if key in lines else f"{source}: key {key!r}"
-
+def from_dict(raw: dict, source: str = "config", places: dict[str, str] | None = None) -> RunConfig:
+    """Build the method's Config from a mapping (YAML, flags or a form), rejecting unknown keys and wrong types."""
+    places = places or {}
     method = raw.get("method", "sft")
+    where = f"{places.get('method', source)}: key 'method'"
     if not isinstance(method, str):
-        raise UserError(f"{where('method')}: must be a method name, got {method!r}")
+        raise UserError(f"{where}: must be a method name, got {method!r}")
     try:
         cls = config_class(method)
     except UserError as exc:
-        raise UserError(f"{where('method')}: {str(exc).split(': ', 1)[1]}") from None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in raw.items():
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"{where(str(key))}: unknown key for method {method!r}{hint}; known keys: "
-                            f"{', '.join(fields)}")
-        if key == "lora":
-            values[key] = _lora(value, where, lines)
-        else:
-            values[key] = _check(value, hints[key], fields[key], where(key))
-    for f in fields.values():
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in values:
-            raise UserError(f"{source}: key {f.name!r} is required ({f.metadata.get('help', '')})")
-    return cls(**values)
-
-
-def _lora(value, where, lines) -> LoraSettings:
-    if value is None:
-        return LoraSettings()
-    if isinstance(value, LoraSettings):
-        return value
-    if not isinstance(value, dict):
-        raise UserError(f"{where('lora')}: must be a mapping with keys r, alpha, dropout, target_modules")
-    fields = {f.name: f for f in dataclasses.fields(LoraSettings)}
-    hints = typing.get_type_hints(LoraSettings)
-    out = {}
-    for key, v in value.items():
-        name = f"lora.{key}"
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean 'lora.{close[0]}'?)" if close else ""
-            raise UserError(f"{where(name)}: unknown key{hint}; known: {', '.join(fields)}")
-        out[key] = _check(v, hints[key], fields[key], where(name))
-    return LoraSettings(**out)
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _check(value, tp, f: dataclasses.Field, where: str):
-    """`value` converted to the field's type, or a UserError naming the key."""
-    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise UserError(f"{where}: must be set (a {_type_name(tp)})")
-    converted = _NO
-    for option in options:
-        converted = _convert(value, option)
-        if converted is not _NO:
-            break
-    if converted is _NO:
-        raise UserError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    meta = f.metadata
-    if "choices" in meta and converted not in meta["choices"]:
-        raise UserError(f"{where}: {converted!r} is not one of: {', '.join(map(str, meta['choices']))}")
-    if "min" in meta and isinstance(converted, (int, float)) and converted < meta["min"]:
-        raise UserError(f"{where}: must be at least {meta['min']}, got {converted!r}")
-    if "max" in meta and isinstance(converted, (int, float)) and converted > meta["max"]:
-        raise UserError(f"{where}: must be at most {meta['max']}, got {converted!r}")
-    return converted
-
-
-_NO = object()
-
-
-def _convert(value, tp):
-    if tp is bool:
-        return value if isinstance(value, bool) else _NO
-    if tp is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
-    if tp is float:
-        if isinstance(value, bool):
-            return _NO
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                return _NO
-        return _NO
-    if tp is str:
-        return value if isinstance(value, str) else _NO
-    if typing.get_origin(tp) is list:
-        (inner,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            return _NO
-        items = [_convert(v, inner) for v in value]
-        return _NO if any(i is _NO for i in items) else items
-    return _NO
+        raise UserError(f"{where}: {str(exc).split(': ', 1)[1]}") from None
+    return configs.from_mapping(cls, raw, source, places, owner=f" for method {method!r}")
 
 
 # ---------------------------------------------------------------- resolution against the workspace
@@ -362,26 +255,9 @@ def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    """{'lora': {'r': 8}} -> {'lora.r': 8}, for diffs and tables."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def diff(configs: dict[str, dict]) -> dict[str, dict[str, object]]:
     """Only the keys whose values differ between the configs: key -> {run id: value}."""
     flats = {rid: flat(c) for rid, c in configs.items()}
     keys = list(dict.fromkeys(k for f in flats.values() for k in f))
     return {k: {rid: f.get(k) for rid, f in flats.items()} for k in keys
             if len({repr(f.get(k)) for f in flats.values()}) > 1}
-
-
-def field_help(cls: type) -> list[tuple[str, dataclasses.Field, object]]:
-    """(name, field, type) for the form and the docs, in declared order."""
-    hints = typing.get_type_hints(cls)
-    return [(f.name, f, hints[f.name]) for f in dataclasses.fields(cls)]
