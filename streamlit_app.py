@@ -77,13 +77,18 @@ def _no_access() -> None:
 
 
 def on_script_error(exc: Exception) -> bool:
-    """A signed-in admin or engineer sees the traceback (it is their server); anyone else sees one line,
-    and the details go to the server's log."""
+    """What a page's uncaught exception shows. A UserError is something a signed-in user can fix: its
+    message (a changed dataset file, say). A signed-in admin or engineer sees any other traceback (it is
+    their server); anyone else sees one line, and the details go to the server's log."""
+    from core.errors import UserError
     try:
         from pages import _ui
         user = _ui.current_user()
     except Exception:
         user = None
+    if user is not None and isinstance(exc, UserError):
+        st.error(str(exc))
+        return True
     if user is not None and user.role in ("admin", "engineer"):
         return False
     import logging
