@@ -173,9 +173,11 @@ def cmd_data_import(args) -> None:
     v = result.version
     print(f"imported {v.rows} rows of {result.records} as {v.ref} (format {result.detected_format}, kind {v.kind})")
     if result.skipped:
-        print(f"skipped {len(result.skipped)} bad records:")
+        print(f"skipped {result.skipped_count} bad records:")
         for problem in result.skipped:
             print(f"  {problem}")
+        if result.skipped_count > len(result.skipped):
+            print(f"  ... and {result.skipped_count - len(result.skipped)} more")
 
 
 def cmd_data_list(args) -> None:

@@ -7,10 +7,14 @@ Import must stay fast (100k rows in seconds), so the work per record is plain di
 """
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import json
+import math
+import re
+import sys
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,100 +60,263 @@ def file_type(path: Path) -> str:
     return kind
 
 
-def read_records(path: Path) -> tuple[list[Record], list[Problem]]:
-    """The file's records and the ones that could not even be decoded (encoding, not JSON)."""
-    kind = file_type(path)
+def read_records(path: Path, name: str | None = None, on_bad: Callable[[Problem], None] | None = None,
+                 progress: Callable[[float], None] | None = None) -> Iterator[Record]:
+    """The file's records, one at a time in file order, each a dict. Every reader of rows from a file
+    should come through here, so that a broken or hostile file always ends in a UserError naming it.
+
+    JSONL, CSV and Parquet are streamed, so memory does not grow with the file; a .json file is decoded
+    whole (JSON has no record boundaries), but its list is parsed record by record. A record that cannot
+    be read (not JSON, not UTF-8, not an object, NaN, a lone surrogate, nested too deep) raises
+    UserError naming `name` (default: the file name) and the line or record; with `on_bad`, it is handed
+    there as a Problem and skipped instead, so that an import can list every bad record. Faults of the
+    whole file (empty, not Parquet, a JSON document or CSV that breaks off) always raise.
+    `progress(fraction)` hears how far through the file reading is."""
+    name = name or path.name
+    readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+    seen = 0
+    for where, data in readers[file_type(path)](path, name, progress or (lambda fraction: None)):
+        seen += 1
+        try:
+            if isinstance(data, Invalid):
+                raise data
+            check_object(data)
+        except Invalid as exc:
+            if on_bad is None:
+                raise UserError(f"{name}: {where}: {exc}") from None
+            on_bad(Problem(where, str(exc)))
+            continue
+        yield Record(where, data)
+    if not seen:
+        raise UserError(f"{name}: the file is empty (no records)")
+
+
+def check_object(data) -> None:
+    if not isinstance(data, dict):
+        raise Invalid(f"wrong type: a record must be an object, not {type_name(data)}")
+
+
+def type_name(value) -> str:
+    """A value's type as JSON calls it, which is what the user wrote."""
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+# NaN and Infinity parse (to floats) so that _check_json can name their field as it refuses them.
+_DECODER = json.JSONDecoder(parse_constant=float)
+# What may hide a value that _check_json refuses: NaN, Infinity, a float that overflows to inf (a long
+# exponent or over 308 digits), a \uD800-\uDFFF escape. Only text that matches is walked, so that a
+# clean record costs one regex scan.
+_SUSPECT = re.compile(r"NaN|Infinity|[eE][+]?\d{3}|\d{309}|\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+PROGRESS_EVERY = 2000  # records between progress reports
+
+
+def loads(text: str):
+    """json.loads for text from a file: a JSON value, or Invalid saying why not (see _decode and
+    _check_json); json.JSONDecodeError passes through, for the caller to place."""
+    value = _decode(text, None)[0]
+    if _SUSPECT.search(text):
+        _check_json(value)
+    return value
+
+
+def _decode(text: str, start: int | None):
+    """`(value, end)` of the JSON value at `start`, or of the whole text when `start` is None. Raises
+    Invalid where Python's parser fails with a bare exception: nesting deeper than the recursion limit,
+    integers longer than sys.get_int_max_str_digits()."""
+    try:
+        return (_DECODER.decode(text), len(text)) if start is None else _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise Invalid("not JSON that can be read: nested too deeply") from None
+    except ValueError:  # int() refuses to convert very long digit strings (it would take quadratic time)
+        raise Invalid(f"not JSON that can be read: a number longer than {sys.get_int_max_str_digits()} "
+                      "digits") from None
+
+
+def _checked(value, suspect: bool):
+    """`value`, or the Invalid that _check_json raises for it when its text looked suspect."""
+    if suspect:
+        try:
+            _check_json(value)
+        except Invalid as exc:
+            return exc
+    return value
+
+
+def _check_json(value) -> None:
+    """Refuse NaN and Infinity (JSON has neither) and lone surrogates (not Unicode: they cannot be
+    written as UTF-8), naming the field."""
+    stack = [(value, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _SURROGATE.search(key):
+                    raise Invalid(f"field name {key.encode('unicode_escape').decode()!r} holds a lone "
+                                  "surrogate (not valid Unicode)")
+                stack.append((item, f"{path}.{key}" if path else key))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise Invalid(f"field {path or '(top level)'!r} is {json.dumps(value)}: JSON numbers cannot be "
+                          "NaN or Infinity; write null or a number")
+        elif isinstance(value, str) and (bad := _SURROGATE.search(value)):
+            raise Invalid(f"field {path or '(top level)'!r} holds a lone surrogate "
+                          f"{bad.group().encode('unicode_escape').decode()} (not valid Unicode)")
+
+
+def _not_utf8(line: bytes, start: int) -> str:
+    """Why `line` (its bytes up to past the bad one at `start`) is not UTF-8, and what to do."""
+    utf16 = line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    return (f"encoding error: byte 0x{line[start]:02x} at column {start + 1} is not UTF-8; "
+            f"{'the file is UTF-16: ' if utf16 else ''}save the file as UTF-8")
+
+
+def _lines(path: Path, tick) -> Iterator[tuple[int, str | Invalid]]:
+    """(line number, text) of a file read line by line, an Invalid for a line that is not UTF-8."""
+    size = max(1, path.stat().st_size)
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if number == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8):]
+            if number % PROGRESS_EVERY == 0:
+                tick(fh.tell() / size)
+            try:
+                yield number, line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, Invalid(_not_utf8(line, exc.start))
+
+
+def _read_jsonl(path: Path, name: str, tick) -> Iterator[tuple[str, object]]:
+    for number, text in _lines(path, tick):
+        if isinstance(text, Invalid):
+            yield f"line {number}", text
+        elif text.strip():
+            try:
+                yield f"line {number}", _checked(_decode(text, None)[0], _SUSPECT.search(text) is not None)
+            except json.JSONDecodeError as exc:
+                yield f"line {number}", Invalid(f"not JSON: {exc.msg} (column {exc.colno})")
+            except Invalid as exc:
+                yield f"line {number}", exc
+
+
+def _read_json(path: Path, name: str, tick) -> Iterator[tuple[str, object]]:
+    """A list of records, {"data": [...]} (one key holding the list), or one record object. A list is
+    parsed record by record, so that a bad record is named by its number (and line)."""
     raw = path.read_bytes()
-    if not raw.strip():
-        raise UserError(f"{path.name}: the file is empty")
-    if kind == "jsonl":
-        records, problems = _read_jsonl(raw)
-    elif kind == "parquet":
-        records, problems = _read_parquet(path), []
-    else:
-        text = _decode_whole(path, raw)
-        records, problems = (_read_json(path, text) if kind == "json" else _read_csv(text)), []
-    if not records and not problems:
-        raise UserError(f"{path.name}: the file is empty (no records)")
-    return records, problems
-
-
-def _decode_whole(path: Path, raw: bytes) -> str:
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise UserError(f"{path.name}: line {line}: encoding error: byte 0x{raw[exc.start]:02x} is not UTF-8; "
-                        "save the file as UTF-8") from None
-
-
-def _read_jsonl(raw: bytes) -> tuple[list[Record], list[Problem]]:
-    records, problems = [], []
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"line {number}"
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append(Problem(where, f"encoding error: byte 0x{line[exc.start]:02x} at column {exc.start + 1} "
-                                           "is not UTF-8"))
-            continue
-        try:
-            records.append(Record(where, json.loads(text)))
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(where, f"not JSON: {exc.msg} (column {exc.colno})"))
-    return records, problems
-
-
-def _read_json(path: Path, text: str) -> list[Record]:
+        line, start = raw.count(b"\n", 0, exc.start) + 1, raw.rfind(b"\n", 0, exc.start) + 1
+        raise UserError(f"{name}: line {line}: {_not_utf8(raw[start:exc.end + 1], exc.start - start)}") from None
+    del raw
+    pos = _WHITESPACE.match(text).end()
+    if pos == len(text):
+        raise UserError(f"{name}: the file is empty")
+    if text[pos] == "[":
+        yield from _json_list(text, pos, name, tick)
+        return
     try:
-        data = json.loads(text)
+        data = _decode(text, None)[0]
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path.name}: line {exc.lineno}: not JSON: {exc.msg} (column {exc.colno})") from None
-    if isinstance(data, dict):
-        # {"data": [...]} and the like: one key holding the list of records.
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(data) == 1 and lists:
-            data = lists[0]
-        else:
-            data = [data]
-    if not isinstance(data, list):
-        raise UserError(f"{path.name}: wrong type: the top level must be a list of records, "
-                        f"not {type(data).__name__}")
-    return [Record(f"record {i}", r) for i, r in enumerate(data, start=1)]
+        raise UserError(f"{name}: line {exc.lineno}: not JSON: {exc.msg} (column {exc.colno})") from None
+    except Invalid as exc:
+        raise UserError(f"{name}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{name}: wrong type: the top level must be a list of records, not {type_name(data)}")
+    lists = [v for v in data.values() if isinstance(v, list)]
+    suspect = _SUSPECT.search(text) is not None
+    for number, record in enumerate(lists[0] if len(data) == 1 and lists else [data], start=1):
+        yield f"record {number}", _checked(record, suspect)
 
 
-def _read_csv(text: str) -> list[Record]:
-    reader = csv.DictReader(io.StringIO(text))
-    records = []
+def _json_list(text: str, pos: int, name: str, tick) -> Iterator[tuple[str, object]]:
+    def place(at: int) -> str:
+        return f"line {text.count(chr(10), 0, at) + 1}, column {at - text.rfind(chr(10), 0, at)}"
+
+    pos = _WHITESPACE.match(text, pos + 1).end()
+    number = 0
+    while not text.startswith("]", pos):
+        number += 1
+        try:
+            value, end = _decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{name}: line {exc.lineno}: not JSON: {exc.msg} (column {exc.colno})") from None
+        except Invalid as exc:  # where the record ends is unknown, so reading stops here
+            raise UserError(f"{name}: record {number} ({place(pos)}): {exc}") from None
+        yield f"record {number}", _checked(value, _SUSPECT.search(text, pos, end) is not None)
+        if number % PROGRESS_EVERY == 0:
+            tick(end / len(text))
+        pos = _WHITESPACE.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = _WHITESPACE.match(text, pos + 1).end()
+        elif not text.startswith("]", pos):
+            raise UserError(f"{name}: {place(pos)}: not JSON: expected ',' or ']' after record {number}")
+    pos = _WHITESPACE.match(text, pos + 1).end()
+    if pos != len(text):
+        raise UserError(f"{name}: {place(pos)}: not JSON: extra data after the list of records")
+
+
+def _read_csv(path: Path, name: str, tick) -> Iterator[tuple[str, dict]]:
+    # A cell may be as long as the file, which import bounds by upload_limit_mb; csv's default is 128 KiB.
+    csv.field_size_limit(max(csv.field_size_limit(), path.stat().st_size + 1))
+    reader = csv.DictReader(_csv_lines(path, name, tick))
     start = 2  # the header is line 1
-    for row in reader:
-        # Cells holding JSON (a messages list, a tools list) are decoded; everything else stays text.
-        data = {k: _maybe_json(v) for k, v in row.items() if k is not None}
-        records.append(Record(f"line {start}", data))
-        start = reader.line_num + 1
-    return records
+    try:
+        for row in reader:
+            # Cells holding JSON (a messages list, a tools list) are decoded; everything else stays text.
+            yield f"line {start}", {k: _maybe_json(v) for k, v in row.items() if k is not None}
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise UserError(f"{name}: line {reader.line_num}: not CSV: {exc}") from None
+
+
+def _csv_lines(path: Path, name: str, tick) -> Iterator[str]:
+    """A CSV record may span lines, so a bad line stops the whole file rather than one record."""
+    for number, text in _lines(path, tick):
+        if isinstance(text, Invalid):
+            raise UserError(f"{name}: line {number}: {text}")
+        if "\0" in text:
+            raise UserError(f"{name}: line {number}: a NUL byte at column {text.index(chr(0)) + 1}: not a "
+                            "text file (UTF-16?); save it as UTF-8 CSV")
+        yield text
 
 
 def _maybe_json(value):
     if isinstance(value, str) and value[:1] in "[{":
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
+            return loads(value)
+        except (json.JSONDecodeError, Invalid):
             return value
     return value
 
 
-def _read_parquet(path: Path) -> list[Record]:
+def _read_parquet(path: Path, name: str, tick) -> Iterator[tuple[str, dict]]:
     import pyarrow.parquet as pq
     try:
-        rows = pq.read_table(path).to_pylist()
+        parquet = pq.ParquetFile(path)
+        total = max(1, parquet.metadata.num_rows)
+        batches = parquet.iter_batches(batch_size=PROGRESS_EVERY)
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise UserError(f"{path.name}: not a readable Parquet file: {exc}") from None
-    return [Record(f"record {i}", r) for i, r in enumerate(rows, start=1)]
+        raise UserError(f"{name}: not a readable Parquet file: {exc}") from None
+    number = 0
+    with parquet:
+        while True:
+            try:  # row group by row group, so memory does not grow with the file
+                batch = next(batches, None)
+                rows = [] if batch is None else batch.to_pylist()
+            except Exception as exc:
+                raise UserError(f"{name}: record {number + 1}: not a readable Parquet file: {exc}") from None
+            if batch is None:
+                return
+            for row in rows:
+                number += 1
+                yield f"record {number}", row
+            tick(number / total)
 
 
 # ---------------------------------------------------------------- mapping and detection
@@ -267,7 +434,7 @@ def _messages(value, field: str) -> list[dict]:
         if not isinstance(msg, dict):
             raise Invalid(f"wrong type: {where} must be an object, not {type(msg).__name__}")
         if "from" in msg:
-            role = SHAREGPT_ROLES.get(msg["from"])
+            role = SHAREGPT_ROLES.get(msg["from"]) if isinstance(msg["from"], str) else None
             if role is None:
                 raise Invalid(f"unknown role {msg['from']!r} in {where}; known: {', '.join(SHAREGPT_ROLES)}")
             content = msg.get("value")
@@ -283,7 +450,7 @@ def _messages(value, field: str) -> list[dict]:
         if content is None:
             raise Invalid(f"missing field {key!r} in {where}")
         if isinstance(content, list):
-            kinds = {p.get("type") for p in content if isinstance(p, dict)}
+            kinds = {p.get("type") for p in content if isinstance(p, dict) and isinstance(p.get("type"), str)}
             media = kinds & {"image", "image_url", "audio", "input_audio", "video"}
             if media:
                 raise Invalid(f"{sorted(media)[0]} content is not supported in {where} (text only)")
@@ -320,8 +487,8 @@ def _tools(data: dict) -> list | None:
         return None
     if isinstance(tools, str):
         try:
-            tools = json.loads(tools)
-        except json.JSONDecodeError:
+            tools = loads(tools)
+        except (json.JSONDecodeError, Invalid):
             raise Invalid("wrong type: 'tools' must be a list of tool schemas (JSON)") from None
     if isinstance(tools, dict):
         tools = [tools]
@@ -442,11 +609,26 @@ def norm_preference(data: dict) -> dict:
         chosen, rejected = _answer(data["chosen"], "chosen"), _answer(data["rejected"], "rejected")
     row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     margin = data.get("margin")
-    if margin is not None:
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-            raise Invalid(f"wrong type: 'margin' must be a number, not {type(margin).__name__}")
-        row["margin"] = float(margin)
+    if margin not in (None, ""):  # an empty CSV cell is no margin
+        row["margin"] = _number(margin, "margin")
     return row
+
+
+def _number(value, field: str) -> float:
+    """A finite float. Text that reads as a number counts, since CSV cells are text; NaN and
+    Infinity do not (Parquet and pandas write them), nor do ints too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise Invalid(f"wrong type: {field!r} must be a number, not {type_name(value)}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise Invalid(f"wrong type: {field!r} must be a number, not {value!r}") from None
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        shown = value if isinstance(value, str) else json.dumps(value)
+        raise Invalid(f"field {field!r} is {shown[:20]}: it must be a finite number")
+    return number
 
 
 LABELS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -455,7 +637,7 @@ LABELS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 def _label(value) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, int) and value in (0, 1):
+    if isinstance(value, (int, float)) and value in (0, 1):  # a Parquet/pandas 0/1 column may be float
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in LABELS:  # CSV cells are text
         return LABELS[value.strip().lower()]
@@ -493,25 +675,20 @@ NORMALIZE = {"alpaca": norm_alpaca, "sharegpt": norm_sharegpt, "messages": norm_
              "prompts": norm_prompts}
 
 
-def normalize(records: list[Record], fmt: str, mapping: dict[str, str],
-              progress=None) -> tuple[list[dict], list[Problem]]:
-    """Canonical rows for the good records and a Problem for every bad one."""
+def normalize(records: Iterable[Record], fmt: str, mapping: dict[str, str],
+              on_bad: Callable[[Problem], None]) -> Iterator[dict]:
+    """Canonical rows for the good records, one at a time; a Problem for every bad one goes to `on_bad`."""
     norm = NORMALIZE[fmt]
-    rows, problems = [], []
-    total = len(records)
-    step = max(1, total // 50)
-    for i, rec in enumerate(records):
+    for rec in records:
         try:
-            if not isinstance(rec.data, dict):
-                raise Invalid(f"wrong type: a record must be an object, not {type(rec.data).__name__}")
+            check_object(rec.data)
             data = apply_mapping(rec.data, mapping)
             _check_media(data)
-            rows.append(norm(data))
+            row = norm(data)
         except Invalid as exc:
-            problems.append(Problem(rec.where, str(exc)))
-        if progress and i % step == 0:
-            progress(i / total, f"validating {i:,}/{total:,}")
-    return rows, problems
+            on_bad(Problem(rec.where, str(exc)))
+            continue
+        yield row
 
 
 def check_canonical(rows: list[dict], kind: str) -> None:
@@ -519,6 +696,8 @@ def check_canonical(rows: list[dict], kind: str) -> None:
     fmt = {"sft": "messages", "preference": "preference", "kto": "kto", "prompts": "prompts"}.get(kind)
     if fmt is None:
         raise UserError(f"unknown dataset kind {kind!r}; known: sft, preference, kto, prompts")
-    _, problems = normalize([Record(f"row {i}", r) for i, r in enumerate(rows, start=1)], fmt, {})
+    problems: list[Problem] = []
+    for _ in normalize((Record(f"row {i}", r) for i, r in enumerate(rows, start=1)), fmt, {}, problems.append):
+        pass
     if problems:
         raise UserError(f"{len(problems)} bad rows; first: {problems[0]}")

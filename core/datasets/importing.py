@@ -6,6 +6,7 @@ dataset never silently loses rows; `skip_invalid` imports the good rows and retu
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,33 +17,59 @@ from core.errors import UserError
 
 Progress = Callable[[float, str], None]
 SHOWN_PROBLEMS = 50  # the report lists this many problems, then the count of the rest
+KEPT_PROBLEMS = 10_000  # skipped records listed in the result (the rest are counted)
+DETECT_RECORDS = 200  # records read ahead to detect the format
 
 
 @dataclass
 class ImportResult:
     version: store.DatasetVersion
     detected_format: str
-    skipped: list[formats.Problem] = field(default_factory=list)
+    skipped: list[formats.Problem] = field(default_factory=list)  # the first KEPT_PROBLEMS of them
     records: int = 0
+    skipped_count: int = 0
 
     def to_dict(self) -> dict:
         return {**self.version.summary(), "detected_format": self.detected_format, "records": self.records,
-                "imported": self.version.rows, "skipped": len(self.skipped),
+                "imported": self.version.rows, "skipped": self.skipped_count,
                 "skipped_records": [{"where": p.where, "reason": p.reason} for p in self.skipped]}
 
 
-def problems_report(name: str, problems: list[formats.Problem], total: int, hint: str = "") -> str:
-    lines = [f"{name}: {len(problems)} bad record{'s' * (len(problems) != 1)} of {total}{hint}:"]
-    lines += [f"  {p}" for p in problems[:SHOWN_PROBLEMS]]
-    if len(problems) > SHOWN_PROBLEMS:
-        lines.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
-    return "\n".join(lines)
+class _Problems:
+    """Bad records in file order: all counted, the first KEPT_PROBLEMS kept (a hostile file may hold
+    millions). Reading and validating hand theirs in separately, since detection reads ahead."""
+
+    def __init__(self):
+        self.read: list[formats.Problem] = []
+        self.invalid: list[formats.Problem] = []
+        self.count = 0
+
+    def keep(self, kept: list[formats.Problem]) -> Callable[[formats.Problem], None]:
+        def add(problem: formats.Problem) -> None:
+            self.count += 1
+            if len(kept) < KEPT_PROBLEMS:
+                kept.append(problem)
+        return add
+
+    def first(self) -> list[formats.Problem]:
+        return sorted(self.read + self.invalid, key=_order)[:KEPT_PROBLEMS]
+
+    def report(self, name: str, total: int, hint: str) -> str:
+        lines = [f"{name}: {self.count} bad record{'s' * (self.count != 1)} of {total}{hint}:"]
+        lines += [f"  {p}" for p in self.first()[:SHOWN_PROBLEMS]]
+        if self.count > SHOWN_PROBLEMS:
+            lines.append(f"  ... and {self.count - SHOWN_PROBLEMS} more")
+        return "\n".join(lines)
 
 
 def import_file(db, ws, path, name: str, fmt: str = "auto", mapping=None, skip_invalid: bool = False,
                 progress: Progress | None = None, source_name: str | None = None) -> ImportResult:
     """Import `path` as the next version of dataset `name`. `source_name` overrides the recorded file
-    name (the page saves uploads to a temporary file)."""
+    name (the page saves uploads to a temporary file).
+
+    The file is streamed: records are read, validated and written to the version's temporary folder
+    one at a time, so memory stays flat however large the file. Whether the file is good is known only
+    at its end, so the row generator raises there, and the store removes what it wrote."""
     report = progress or (lambda f, m: None)
     path = Path(path)
     label = source_name or path.name
@@ -60,29 +87,40 @@ def import_file(db, ws, path, name: str, fmt: str = "auto", mapping=None, skip_i
     mapping = formats.parse_mapping(mapping)
 
     report(0.0, f"reading {label}")
-    source_hash = hashlib.sha256(path.read_bytes()).hexdigest()
-    records, problems = formats.read_records(path)
-    detected = formats.detect(records, mapping, label) if fmt == "auto" else fmt
-    report(0.2, f"validating as {detected}")
-    rows, bad = formats.normalize(records, detected, mapping,
-                                  progress=lambda f, m: report(0.2 + 0.6 * f, m))
-    problems = sorted(problems + bad, key=_order)
-    total = len(records) + len([p for p in problems if p.reason.startswith(("not JSON", "encoding error"))])
-    if problems and not skip_invalid:
-        raise UserError(problems_report(label, problems, total, f" (read as {detected}); nothing imported. "
-                                        f"Fix them, or pass --skip-invalid to import the {len(rows)} good ones"))
-    if not rows:
-        raise UserError(problems_report(label, problems, total, f" (read as {detected}); no good records"))
-    kind = formats.KIND_OF_FORMAT[detected]
-    report(0.85, f"writing {len(rows):,} rows")
+    with open(path, "rb") as fh:
+        source_hash = hashlib.file_digest(fh, "sha256").hexdigest()
+    problems = _Problems()
+    records = formats.read_records(path, label, problems.keep(problems.read),
+                                   progress=lambda f: report(0.95 * f, f"validating {label}"))
+    head = list(itertools.islice(records, DETECT_RECORDS))
+    if not head:  # no record was readable: say why, rather than that no format fits
+        raise UserError(problems.report(label, problems.count, "; nothing imported"))
+    detected = formats.detect(head, mapping, label) if fmt == "auto" else fmt
+    imported = 0
+
+    def rows():
+        nonlocal imported
+        for row in formats.normalize(itertools.chain(head, records), detected, mapping,
+                                     problems.keep(problems.invalid)):
+            imported += 1
+            yield row
+        if problems.count and not skip_invalid:
+            raise UserError(problems.report(label, imported + problems.count,
+                                            f" (read as {detected}); nothing imported. Fix them, or pass "
+                                            f"--skip-invalid to import the {imported} good ones"))
+        if not imported:
+            raise UserError(problems.report(label, problems.count, f" (read as {detected}); no good records"))
+
+    def summary() -> dict:
+        return {"records": imported + problems.count, "imported": imported, "skipped": problems.count,
+                "skipped_examples": [str(p) for p in problems.first()[:SHOWN_PROBLEMS]]}
+
     version = store.write_version(
-        db, ws, name, {"train": rows}, kind, "import",
+        db, ws, name, {"train": rows()}, formats.KIND_OF_FORMAT[detected], "import",
         {"format": fmt, "mapping": mapping, "skip_invalid": skip_invalid}, source_name=label,
-        source_hash=source_hash, fmt=detected,
-        report={"records": total, "imported": len(rows), "skipped": len(problems),
-                "skipped_examples": [str(p) for p in problems[:SHOWN_PROBLEMS]]})
-    report(1.0, f"imported {len(rows):,} rows as {version.ref}")
-    return ImportResult(version, detected, problems, total)
+        source_hash=source_hash, fmt=detected, report=summary)
+    report(1.0, f"imported {imported:,} rows as {version.ref}")
+    return ImportResult(version, detected, problems.first(), imported + problems.count, problems.count)
 
 
 def _order(problem: formats.Problem) -> tuple[int, str]:

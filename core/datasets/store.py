@@ -258,6 +258,6 @@ def write_version(db, ws: Workspace, name: str, splits: dict[str, Iterable[dict]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if made_base and not written:
-            with contextlib.suppress(OSError):  # a failed first write leaves no folder (unless another writer's is in it)
+            with contextlib.suppress(OSError):  # no folder left by a failed first write (unless another writer's)
                 base.rmdir()
     return resolve(db, ws, f"{name}@{version}")
