@@ -87,14 +87,14 @@ def cmd_generate(args) -> None:
     from core import configs, generate, models
     db, ws = _db_ws()
     settings = configs.from_flags(generate.SamplingSettings, args)
-    with progress_bar(f"loading {args.model}") as update:
-        path = models.model_path(db, ws, args.model, progress=update)
-    adapter = generate.adapter_dir(ws.runs_dir, args.adapter) if args.adapter else None
+    spec = models.ModelSpec.parse(f"{args.model}+{args.adapter}" if args.adapter else args.model).check(db, ws)
+    with progress_bar(f"loading {spec}") as update:
+        path, adapter = spec.folders(db, ws, progress=update)
     model, tokenizer = generate.load(path, adapter)
     [answer] = generate.generate(model, tokenizer, [args.prompt], settings)
     if args.json:
-        _print_json({"model": args.model, "adapter": args.adapter, "prompt": args.prompt, "answer": answer,
-                     "settings": settings.to_dict()})
+        _print_json({"model": spec.model, "adapter": spec.run, "spec": str(spec), "prompt": args.prompt,
+                     "answer": answer, "settings": settings.to_dict()})
     else:
         print(answer)
 
@@ -545,8 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_models_add)
 
     x = sub.add_parser("generate", help="answer one prompt with a model (and adapter), using its chat template")
-    x.add_argument("--model", default="smollm2-135m-instruct", help="registered model name")
-    x.add_argument("--adapter", help="run id whose LoRA adapter to apply")
+    x.add_argument("--model", default="smollm2-135m-instruct", help="registered model name, or NAME+RUN_ID")
+    x.add_argument("--adapter", metavar="RUN_ID", help="a completed run on the model whose result to use: its "
+                                                       "LoRA adapter, or for full tuning its whole model")
     x.add_argument("--prompt", required=True, help="the user message")
     configs.add_flags(x, SamplingSettings, defaults={"temperature": 0.0}, aliases={"system_prompt": ["--system"]})
     x.add_argument("--json", action="store_true", help="print JSON")
@@ -626,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_data_split)
 
     x = sub.add_parser("eval", help="evaluate a model, adapter or baseline on an eval dataset (in the background)")
-    x.add_argument("model", help="registered model name")
+    x.add_argument("model", help="registered model name, or NAME+RUN_ID (a run's result on that model)")
     configs.add_flags(x, EvalConfig, skip={"model"}, required={"dataset"})
     x.add_argument("--wait", action="store_true", help="wait for it, with progress, and print the metrics")
     x.add_argument("--json", action="store_true", help="print JSON")

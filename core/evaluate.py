@@ -37,12 +37,13 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 from core import processes
 from core.errors import UserError
+from core.models import ModelSpec
 from core.workspace import Workspace
 
 Progress = Callable[[float, str], None]
@@ -56,9 +57,11 @@ STATUSES = ("queued", "running", "completed", "failed", "stopped")
 
 @dataclass
 class EvalConfig:
-    model: str = field(metadata={"help": "Registered model name (a base or merged model)."})
+    model: str = field(metadata={"help": "Registered model name (a base or merged model), or NAME+RUN_ID."})
     dataset: str = field(metadata={"help": "Eval dataset, NAME or NAME@VERSION."})
-    adapter: str | None = field(default=None, metadata={"help": "Run id whose LoRA adapter to apply."})
+    adapter: str | None = field(default=None, metadata={
+        "help": "Id of a completed run on the model whose result to evaluate: its LoRA adapter, or for full "
+                "tuning its whole model."})
     baseline: str | None = field(default=None, metadata={
         "help": "prompting (system prompt + k few-shot train examples) or rag (k BM25-retrieved train "
                 "examples); empty for the model as it is.", "choices": BASELINES})
@@ -77,6 +80,8 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "Seed for choosing the few-shot examples."})
 
     def __post_init__(self):
+        if "+" in self.model and not self.adapter:  # NAME+RUN_ID given as the model
+            self.model, self.adapter = astuple(ModelSpec.parse(self.model))
         if self.baseline == "":
             self.baseline = None
         if self.baseline is not None and self.baseline not in BASELINES:
@@ -87,14 +92,14 @@ class EvalConfig:
             raise UserError(f"limit: must be at least 1, got {self.limit}")
 
     @property
-    def spec(self) -> str:
-        """The model spec shared with feedback campaigns: NAME or NAME+RUN_ID."""
-        return f"{self.model}+{self.adapter}" if self.adapter else self.model
+    def spec(self) -> ModelSpec:
+        """The model spec shared with campaigns and the Playground: NAME or NAME+RUN_ID."""
+        return ModelSpec(self.model, self.adapter)
 
     @property
     def label(self) -> str:
         """The leaderboard row this run belongs to."""
-        return f"{self.spec} [{self.baseline}]" if self.baseline else self.spec
+        return f"{self.spec} [{self.baseline}]" if self.baseline else str(self.spec)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -396,8 +401,7 @@ def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = 
         prompts = baseline_prompts(config.baseline, prompts, pool, config.k, config.system_prompt, config.seed)
 
     report(0.02, f"loading {config.spec}")
-    path = models.model_path(db, ws, config.model)
-    adapter = generate.adapter_dir(ws.runs_dir, config.adapter) if config.adapter else None
+    path, adapter = config.spec.folders(db, ws)
     model, tokenizer = generate.load(path, adapter, merge=False)  # the base perplexity below needs it apart
     bs = config.per_device_eval_batch_size
     ref_label, texts = reference_texts(db, ws, config.reference, config.limit)
@@ -438,7 +442,8 @@ def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = 
     report(0.8, "reference perplexity (forgetting)")
     ref_ppl = text_perplexity(model, tokenizer, texts, bs, ref_length, lambda f, m: report(0.8 + 0.15 * min(f, 1), m))
     metrics.update(reference=ref_label, reference_perplexity=ref_ppl)
-    merged_from = None if adapter is not None else _base_of_merged(db, config.model)
+    # A full-tuning run's model, or a merged one, is compared with the base it was trained from.
+    merged_from = None if adapter is not None else config.model if config.adapter else _base_of_merged(db, config.model)
     if merged_from is not None:
         base_model, base_tok = generate.load(models.model_path(db, ws, merged_from))
         base_ppl = text_perplexity(base_model, base_tok, texts, bs, ref_length)
@@ -498,11 +503,9 @@ def list_evals(db, dataset: str | None = None, status: str | None = None) -> lis
 
 def create(db, ws: Workspace, config: EvalConfig) -> int:
     """Check the config (so mistakes show now, not in the background) and record a queued eval run."""
-    from core import datasets, generate, models
+    from core import datasets
     version = datasets.resolve(db, ws, config.dataset)
-    models.get_model(db, config.model)
-    if config.adapter:
-        generate.adapter_dir(ws.runs_dir, config.adapter)
+    config.spec.check(db, ws)
     if config.reward and not (ws.runs_dir / config.reward / "final").exists():
         raise UserError(f"reward run {config.reward}: no model at {ws.runs_dir / config.reward / 'final'}")
     if config.split and config.split not in version.files:

@@ -33,6 +33,7 @@ from core import processes
 from core import agreement, db as dbmod, workspace
 from core.errors import UserError
 from core.generate import SamplingSettings
+from core.models import ModelSpec
 
 Progress = Callable[[float, str], None]
 
@@ -129,27 +130,6 @@ def _check_alive(db, c: Campaign) -> Campaign:
     return c
 
 
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """'NAME' or 'NAME+RUN_ID' -> (name, run_id)."""
-    name, _, run_id = spec.strip().partition("+")
-    if not name:
-        raise UserError(f"model spec {spec!r}: expected NAME or NAME+RUN_ID")
-    return name, run_id or None
-
-
-def check_spec(db, ws, spec: str) -> None:
-    """The model must be registered and the run (if any) must have saved an adapter on that base."""
-    from core import generate, models
-    name, run_id = parse_spec(spec)
-    models.get_model(db, name)
-    if run_id:
-        generate.adapter_dir(ws.runs_dir, run_id)
-        if "runs" in db.table_names():
-            row = db.execute("SELECT base_model FROM runs WHERE id = ?", [run_id]).fetchone()
-            if row and row[0] != name:
-                raise UserError(f"model spec {spec!r}: run {run_id} was trained on {row[0]!r}, not {name!r}")
-
-
 def _as_messages(prompt) -> list[dict]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
@@ -167,11 +147,9 @@ def create_campaign(db, ws, name: str, models: list[str], *, prompts: list | Non
     name = name.strip()
     if not name:
         raise UserError("campaign name: must not be empty")
-    models = [m.strip() for m in models if m.strip()]
+    models = [str(ModelSpec.parse(m).check(db, ws)) for m in models if m.strip()]
     if len(set(models)) < 2:
         raise UserError(f"models: a campaign compares two or more distinct models, got {models}")
-    for spec in models:
-        check_spec(db, ws, spec)
     if config.samples < 1 or config.overlap < 1:
         raise UserError("samples and overlap: must be at least 1")
     if config.samples > 1 and settings.temperature <= 0:
@@ -264,7 +242,7 @@ def generate_responses(db, ws, name: str, progress: Progress | None = None, batc
     """
     import gc
 
-    from core import generate, models as modelsmod
+    from core import generate
     c = get_campaign(db, name)
     base = SamplingSettings(**c.settings)
     items = prompts(db, c)
@@ -274,10 +252,7 @@ def generate_responses(db, ws, name: str, progress: Progress | None = None, batc
             todo = [s for s in range(c.samples) if _missing(db, c, spec, s, len(items))]
             if not todo:
                 continue
-            model_name, run_id = parse_spec(spec)
-            path = modelsmod.model_path(db, ws, model_name)
-            adapter = generate.adapter_dir(ws.runs_dir, run_id) if run_id else None
-            model, tokenizer = generate.load(path, adapter)
+            model, tokenizer = generate.load(*ModelSpec.parse(spec).folders(db, ws))
             for s in todo:
                 k = units.index((spec, s))
                 settings = SamplingSettings(**{**asdict(base), "seed": base.seed + s})

@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.errors import UserError
-
 
 @dataclass
 class SamplingSettings:
@@ -21,15 +19,6 @@ class SamplingSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def adapter_dir(runs_dir: Path, run_id: str) -> Path:
-    """The PEFT adapter a run saved (`<run>/final`); the run id comes from a user, so it is checked first."""
-    from core.workspace import check_name
-    path = Path(runs_dir) / check_name(str(run_id), "run") / "final"
-    if not (path / "adapter_config.json").exists():
-        raise UserError(f"run {run_id}: no adapter at {path} (is it a LoRA run, and has it completed?)")
-    return path
 
 
 def load(model_dir: Path, adapter: Path | None = None, merge: bool = True):

@@ -7,8 +7,9 @@
 - Eval results are the latest completed eval run per row label on one eval dataset (default: the
   dataset of the most recently finished eval). Baselines are rows of their own: `model [prompting]`,
   `model [rag]`.
-- Training facts come from the run behind an adapter (`NAME+RUN_ID`) or a merged model
-  (source `run:<id>`): method, tuning, data used (name@version), training time and cost.
+- Training facts come from the run behind `NAME+RUN_ID` (its LoRA adapter, or its whole model for full
+  tuning) or a merged model (source `run:<id>`): method, tuning, data used (name@version), training time
+  and cost.
 
 `demo` runs the whole loop on the embedded defaults: import the sample SFT set, a short LoRA SFT
 of the bundled model, eval of base, prompting, RAG and the adapter, and this leaderboard.
@@ -33,12 +34,16 @@ COLUMNS = ("model", "rank", "rating", "ci_low", "ci_high", "votes", "win_rate", 
 
 
 def _split_label(label: str) -> tuple[str, str | None, str | None]:
-    """'model+run [rag]' -> ('model', 'run', 'rag')."""
+    """'model+run [rag]' -> ('model', 'run', 'rag'). A label that is no model spec (imported votes may
+    name any model) is a model of its own."""
     baseline = None
     if label.endswith("]") and " [" in label:
         label, baseline = label[:-1].rsplit(" [", 1)
-    base, _, adapter = label.partition("+")
-    return base, adapter or None, baseline
+    try:
+        spec = models.ModelSpec.parse(label)
+    except UserError:
+        return label, None, baseline
+    return spec.model, spec.run, baseline
 
 
 def _run_of(db, base: str, adapter: str | None) -> str | None:
@@ -63,7 +68,7 @@ def _training(db, run_id: str) -> dict:
 
 def default_anchor(db, names: list[str]) -> str | None:
     """The bundled model if it has votes, else a registered base model, else the first plain name."""
-    plain = [n for n in names if "+" not in n]
+    plain = [n for n in names if _split_label(n)[1] is None]
     registered = {m.name for m in models.list_models(db) if m.kind == "base"}
     for choice in ([models.DEFAULT_MODEL] if models.DEFAULT_MODEL in plain else [],
                    [n for n in plain if n in registered], plain, names):

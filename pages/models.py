@@ -1,4 +1,4 @@
-"""Models: base models with size and chat template, and the adapters trained from each."""
+"""Models: base models with size and chat template, and the runs tuned from each (chat with one as MODEL+RUN)."""
 import streamlit as st
 
 from core import models
@@ -16,7 +16,7 @@ st.dataframe(
     hide_index=True)
 
 for m in rows:
-    with st.expander(f"{m.name}: chat template and adapters"):
+    with st.expander(f"{m.name}: chat template and tuned runs"):
         if not m.prepared and m.source.startswith("bundled:"):
             if st.button(f"Prepare {m.name}", key=f"prep_{m.name}", help="Convert the bundled GGUF once (~1 min)"):
                 bar = st.progress(0.0, "starting")
@@ -24,11 +24,13 @@ for m in rows:
                     models.prepare(conn, _ui.ws(), m.name, progress=lambda f, msg: bar.progress(f, msg))
                     st.rerun()
         st.code(m.chat_template or "(no chat template)", language="jinja2")
-        adapters = models.adapters_of(conn, m.name)
-        if adapters:
-            st.dataframe(adapters, hide_index=True)
+        tuned = models.tuned_runs(conn, m.name)
+        if tuned:
+            st.caption(f"Use one as {m.name}+RUN_ID: a LoRA run's adapter on {m.name}, or a full run's own model.")
+            st.dataframe([{"run": r.id, "method": r.method, "tuning": r.tuning, "dataset": r.dataset} for r in tuned],
+                         hide_index=True)
         else:
-            st.caption("No adapters trained from this model yet.")
+            st.caption("No completed runs trained from this model yet.")
 
 st.subheader("Register a local model folder")
 with st.form("add_model"):

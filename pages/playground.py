@@ -1,12 +1,13 @@
-"""Playground: chat with a base model or a base with a run's LoRA adapter, with sampling settings; or send
-one prompt to two models with the same settings and read the answers side by side.
+"""Playground: chat with a model (a base model, or a base with a run's result: its LoRA adapter or its fully
+tuned model), with sampling settings; or send one prompt to two models with the same settings and read the
+answers side by side.
 
 Loaded models are cached (st.cache_resource) for inference only; training never happens in the app."""
 from pathlib import Path
 
 import streamlit as st
 
-from core import configs, generate, models, runs
+from core import configs, generate, models
 from core.errors import UserError
 from pages import _ui
 
@@ -15,23 +16,13 @@ st.title("Playground")
 conn, ws = _ui.db(), _ui.ws()
 
 
-def model_specs() -> list[str]:
-    """`NAME` for each base model, `NAME+RUN_ID` for each completed LoRA/QLoRA run on it."""
-    specs = [m.name for m in models.list_models(conn) if m.kind != "reward"]
-    specs += [f"{r.base_model}+{r.id}" for r in runs.list_runs(conn)
-              if r.status == "completed" and r.tuning in ("lora", "qlora")]
-    return specs
-
-
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def load(model_dir: str, adapter_dir: str | None):
     return generate.load(Path(model_dir), Path(adapter_dir) if adapter_dir else None)
 
 
 def model_of(spec: str):
-    name, _, run_id = spec.partition("+")
-    path = models.model_path(conn, ws, name)
-    adapter = generate.adapter_dir(ws.runs_dir, run_id) if run_id else None
+    path, adapter = models.ModelSpec.parse(spec).folders(conn, ws)
     return load(str(path), str(adapter) if adapter else None)
 
 
@@ -47,12 +38,12 @@ def sampling_settings() -> generate.SamplingSettings:
             st.stop()
 
 
-specs = model_specs()
+specs = [str(s) for s in models.chat_choices(conn)]
 settings = sampling_settings()
 chat_tab, compare_tab = st.tabs(["Chat", "Compare side by side"])
 
 with chat_tab:
-    spec = st.selectbox("model", specs, key="pg_model", help="A base model, or base+run for a run's adapter.")
+    spec = st.selectbox("model", specs, key="pg_model", help="A model, or MODEL+RUN for a run's result on it.")
     history = st.session_state.setdefault("pg_history", {}).setdefault(spec, [])
     if st.button("New chat", key="pg_clear"):
         history.clear()

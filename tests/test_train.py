@@ -48,7 +48,7 @@ def test_lora_sft_completes_and_its_adapter_changes_the_model(sft_data):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core import cost, generate, models, runs
+    from core import cost, models, runs
     from core.train import config
 
     db, ws, ref = sft_data
@@ -77,7 +77,7 @@ def test_lora_sft_completes_and_its_adapter_changes_the_model(sft_data):
     assert config.load_file(run.path / "config.yaml") == cfg
 
     # PEFT format; LoRA's B matrices start at zero, so any nonzero B means the adapter trained.
-    adapter = generate.adapter_dir(ws.runs_dir, run_id)
+    _, adapter = models.ModelSpec("tiny", run_id).folders(db, ws)
     weights = load_file(adapter / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
     base_dir = models.model_path(db, ws, "tiny")
@@ -94,7 +94,7 @@ def test_lora_sft_completes_and_its_adapter_changes_the_model(sft_data):
     assert (info.kind, info.source) == ("merged", f"run:{run_id}")
     merged = AutoModelForCausalLM.from_pretrained(models.model_path(db, ws, "tiny-acme"))
     assert torch.allclose(_logits(merged, tokenizer), after, atol=1e-4)
-    assert [a["id"] for a in models.adapters_of(db, "tiny")] == [run_id]
+    assert [a["id"] for a in models.tuned_runs(db, "tiny")] == [run_id]
 
     # With a past run on this machine, the next estimate is based on it.
     assert "past completed run" in cost.estimate(db, ws, cfg).basis

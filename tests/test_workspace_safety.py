@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from core import datasets, db as dbmod, feedback, generate, models, runs, workspace as wsmod
+from core import datasets, db as dbmod, feedback, models, runs, workspace as wsmod
 from core.datasets import store
 from core.errors import UserError
 from tests.conftest import REPO, run_cli
@@ -82,7 +82,7 @@ def test_campaign_model_and_run_names_are_checked(workspace, tmp_path, tiny_mode
     outside.mkdir(parents=True)
     (outside / "adapter_config.json").write_text("{}")
     with pytest.raises(UserError, match=r"run name '\.\./\.\./x'"):
-        generate.adapter_dir(ws.runs_dir, "../../x")
+        models.ModelSpec("tiny", "../../x").folders(conn, ws)
 
 
 @pytest.mark.timeout(120)
