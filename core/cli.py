@@ -271,7 +271,7 @@ def cmd_eval(args) -> None:
         row = evaluate.wait(db, eval_id, progress=update)
     if row["status"] != "completed":
         raise UserError(f"eval run {eval_id} {row['status']}: {row['error'] or ''} "
-                        f"(log: {evaluate.evals_dir(ws) / str(eval_id) / 'eval.log'})")
+                        f"(log: {row['log']})")
     if args.json:
         _print_json(_eval_summary(row))
     else:
@@ -348,8 +348,8 @@ def cmd_feedback_create(args) -> None:
     settings = configs.from_flags(SamplingSettings, args)
     c = feedback.create_campaign(db, ws, args.name, args.models.split(","), prompts=pasted, dataset=args.prompts,
                                  config=config, settings=settings)
-    pid = feedback.start_generation(db, ws, c.name)
-    print(f"campaign {c.name}: generating answers in process {pid}", file=sys.stderr)
+    job = feedback.start_generation(db, ws, c.name, args.backend, args.ray_address)
+    print(f"campaign {c.name}: generating answers in job {job.id} ({job.status})", file=sys.stderr)
     if args.wait:
         with progress_bar(f"generating {c.name}") as update:
             feedback.wait_generation(db, c.name, progress=update)
@@ -358,8 +358,9 @@ def cmd_feedback_create(args) -> None:
 
 
 def cmd_feedback_status(args) -> None:
-    from core import feedback
+    from core import feedback, jobs
     db, _ = _db_ws()
+    jobs.reconcile(db)  # a generation process that died shows as failed
     q = feedback.quality(db, args.name)
     if args.json:
         _print_json(q)
@@ -375,8 +376,9 @@ def cmd_feedback_status(args) -> None:
 
 
 def cmd_feedback_list(args) -> None:
-    from core import feedback
+    from core import feedback, jobs
     db, _ = _db_ws()
+    jobs.reconcile(db)
     rows = [{"name": c.name, "status": c.status, "models": ",".join(c.models), "source": c.source,
              "votes": db.execute("SELECT count(*) FROM votes WHERE campaign_id = ?", [c.id]).fetchone()[0],
              "progress": round(c.progress, 3)} for c in feedback.list_campaigns(db)]
@@ -450,8 +452,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_runs_list(args) -> None:
-    from core import runs
+    from core import jobs, runs
     db, _ = _db_ws()
+    jobs.reconcile(db)  # the reads are pure: bring the table in line with the processes first
     found = runs.list_runs(db)
     if args.json:
         _print_json([r.to_dict() for r in found])
@@ -462,8 +465,9 @@ def cmd_runs_list(args) -> None:
 
 
 def cmd_runs_show(args) -> None:
-    from core import cost, runs
+    from core import cost, jobs, runs
     db, _ = _db_ws()
+    jobs.reconcile(db)
     run = runs.get(db, args.id)
     doc = run.to_dict() | {"actual": cost.actual(run)}
     if args.json:
@@ -497,6 +501,46 @@ def cmd_runs_resume(args) -> None:
     print(f"run {run.id} {run.status}")
     if args.wait:
         _wait_for_run(db, run.id)
+
+
+def _job_row(job) -> dict:
+    progress = job.progress().get("progress")
+    return {"id": job.id, "kind": job.kind, "target": job.target, "status": job.status, "backend": job.backend,
+            "progress": f"{progress:.0%}" if progress is not None and job.status == "running" else "",
+            "message": job.message(), "seconds": round(job.seconds), "error": job.error}
+
+
+def cmd_jobs_list(args) -> None:
+    from core import jobs
+    db, _ = _db_ws()
+    jobs.reconcile(db)  # the reads are pure: bring the table in line with the processes first
+    found = jobs.list_jobs(db)
+    if args.json:
+        _print_json([j.to_dict() for j in found])
+    else:
+        _table([_job_row(j) for j in found],
+               ["id", "kind", "target", "status", "backend", "progress", "message", "seconds", "error"])
+
+
+def cmd_jobs_show(args) -> None:
+    from core import jobs
+    db, _ = _db_ws()
+    jobs.reconcile(db)
+    doc = jobs.get(db, args.id).to_dict()
+    if args.json:
+        _print_json(doc)
+        return
+    for key in ("id", "kind", "target", "status", "message", "backend", "ray_job_id", "pid", "folder", "log",
+                "seconds", "error"):
+        print(f"{key:>10}: {doc[key] if doc[key] is not None else ''}")
+
+
+def cmd_jobs_stop(args) -> None:
+    from core import jobs
+    db, _ = _db_ws()
+    jobs.reconcile(db)
+    job = jobs.stop(db, args.id)
+    print(f"job {job.id} ({job.kind} {job.target}) {job.status}")
 
 
 def cmd_models_merge(args) -> None:
@@ -658,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--models", required=True, help="comma-separated model specs: NAME or NAME+RUN_ID")
     configs.add_flags(x, CampaignConfig)
     configs.add_flags(x, SamplingSettings)
+    x.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where generation runs: local (the job queue here) or ray (a job on the cluster)")
+    x.add_argument("--ray-address", help="backend ray: the cluster's dashboard address (default: RAY_ADDRESS)")
     x.add_argument("--wait", action="store_true", help="wait for generation, with a progress bar")
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_feedback_create)
@@ -726,6 +773,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("id", help="run id")
     x.add_argument("--wait", action="store_true", help="show progress and exit with the outcome")
     x.set_defaults(func=cmd_runs_resume)
+
+    jobs_p = sub.add_parser("jobs", help="every background process (training, evals, generation): list, show, stop")
+    jsub = jobs_p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    x = jsub.add_parser("list", help="every job, newest first, with kind, status, progress and time")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_jobs_list)
+    x = jsub.add_parser("show", help="one job: status, progress, process, folder and log")
+    x.add_argument("id", type=int, help="job id (see `tunelab jobs list`)")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_jobs_show)
+    x = jsub.add_parser("stop", help="stop a job: SIGTERM (a run saves a checkpoint), SIGKILL after 30 s")
+    x.add_argument("id", type=int, help="job id")
+    x.set_defaults(func=cmd_jobs_stop)
 
     x = sub.add_parser("score", help="the reward a trained reward model (a method: reward run) gives one answer")
     x.add_argument("--reward", required=True, metavar="RUN_ID", help="a completed reward-model run")

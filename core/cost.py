@@ -165,11 +165,11 @@ def machine_flops(ws, device: str) -> float:
 
 def _past_flops_per_s(db, device: str, tuning: str) -> tuple[float, int] | None:
     """Median FLOP/s that recent completed runs on this device achieved (same tuning if any), and how many."""
-    from core.runs import read_status
+    from core.folders import read_status
     rows = db.execute(
         "SELECT r.tuning, r.folder, r.config_json, m.params FROM runs r JOIN models m ON m.name = r.base_model "
-        "WHERE r.status = 'completed' AND r.device = ? AND m.params IS NOT NULL ORDER BY r.finished_at DESC "
-        "LIMIT 50", [device]).fetchall()
+        "JOIN jobs j ON j.kind = 'train' AND j.target = r.id WHERE j.status = 'completed' AND r.device = ? "
+        "AND m.params IS NOT NULL ORDER BY j.finished_at DESC LIMIT 50", [device]).fetchall()
     samples: dict[str, list[float]] = {}
     for run_tuning, folder, config_json, params in rows:
         st = read_status(Path(folder))

@@ -257,6 +257,70 @@ MIGRATIONS: list[tuple[str, str]] = [
     CREATE INDEX sign_in_failures_name ON sign_in_failures(name, at);
     CREATE INDEX sign_in_failures_client ON sign_in_failures(client, at);
     """),
+    ("0011_jobs", """
+    -- One lifecycle for every background process (core/jobs.py). The lifecycle columns of runs, eval_runs
+    -- and campaigns move here, so that one table, written by one module, says what is running.
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,                     -- train | eval | generate | ... (core.jobs.ENTRY_POINTS)
+        target TEXT NOT NULL,                   -- what it works on: a run id, an eval id, a campaign name
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'stopped',
+                                                'interrupted')),
+        folder TEXT NOT NULL,                   -- under the workspace home: status.json and the log
+        backend TEXT NOT NULL DEFAULT 'local' CHECK (backend IN ('local', 'ray')),
+        ray_address TEXT,
+        ray_resources TEXT,                     -- JSON: the CPUs and GPUs the Ray job asks for
+        ray_job_id TEXT,                        -- backend ray: this attempt's submission id
+        pid INTEGER,                            -- this (or the last) attempt's process
+        proc_start REAL,                        -- its start time, so a reused pid is not taken for it
+        created_at REAL NOT NULL,
+        started_at REAL,                        -- first start
+        finished_at REAL,
+        attempt_started_at REAL,                -- this start or resume
+        run_seconds REAL NOT NULL DEFAULT 0,    -- process time summed over attempts
+        stop_requested_at REAL,
+        error TEXT,
+        UNIQUE (kind, target)
+    );
+    CREATE INDEX jobs_status ON jobs(status, created_at);
+    INSERT INTO jobs(kind, target, status, folder, backend, ray_address, ray_job_id, pid, proc_start, created_at,
+                     started_at, finished_at, attempt_started_at, run_seconds, stop_requested_at, error)
+        SELECT 'train', id, status, 'runs/' || id, backend, json_extract(config_json, '$.ray_address'), ray_job_id,
+               pid, proc_start, created_at, started_at, finished_at, attempt_started_at, run_seconds,
+               stop_requested_at, error FROM runs ORDER BY created_at;
+    INSERT INTO jobs(kind, target, status, folder, pid, created_at, started_at, finished_at, attempt_started_at,
+                     error)
+        SELECT 'eval', CAST(id AS TEXT), status, 'evals/' || id, pid, created_at, started_at, finished_at,
+               started_at, error FROM eval_runs ORDER BY id;
+    INSERT INTO jobs(kind, target, status, folder, pid, created_at, error)
+        SELECT 'generate', name, CASE status WHEN 'generating' THEN 'running' ELSE 'failed' END,
+               'campaigns/' || name, pid, created_at, error FROM campaigns WHERE status IN ('generating', 'failed');
+    UPDATE campaigns SET status = 'pending' WHERE status IN ('generating', 'failed');  -- now: pending | ready
+    DROP INDEX runs_status;
+    ALTER TABLE runs DROP COLUMN status;
+    ALTER TABLE runs DROP COLUMN started_at;
+    ALTER TABLE runs DROP COLUMN finished_at;
+    ALTER TABLE runs DROP COLUMN pid;
+    ALTER TABLE runs DROP COLUMN proc_start;
+    ALTER TABLE runs DROP COLUMN attempt_started_at;
+    ALTER TABLE runs DROP COLUMN run_seconds;
+    ALTER TABLE runs DROP COLUMN stop_requested_at;
+    ALTER TABLE runs DROP COLUMN error;
+    ALTER TABLE runs DROP COLUMN backend;
+    ALTER TABLE runs DROP COLUMN ray_job_id;
+    DROP INDEX eval_runs_dataset;
+    ALTER TABLE eval_runs DROP COLUMN status;
+    ALTER TABLE eval_runs DROP COLUMN progress;
+    ALTER TABLE eval_runs DROP COLUMN message;
+    ALTER TABLE eval_runs DROP COLUMN error;
+    ALTER TABLE eval_runs DROP COLUMN pid;
+    ALTER TABLE eval_runs DROP COLUMN started_at;
+    ALTER TABLE eval_runs DROP COLUMN finished_at;
+    CREATE INDEX eval_runs_dataset ON eval_runs(dataset);
+    ALTER TABLE campaigns DROP COLUMN pid;
+    ALTER TABLE campaigns DROP COLUMN error;
+    UPDATE settings SET key = 'max_concurrent_jobs' WHERE key = 'max_concurrent_runs';
+    """),
 ]
 
 

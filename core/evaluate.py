@@ -21,27 +21,22 @@ Metrics (all over the evaluated rows):
   model in percent, +10 meaning 10% higher perplexity than before training. Prompting and RAG leave
   the weights alone, so their forgetting is 0 by construction.
 
-`launch` records the run in SQLite and starts `python -m core.evaluate <id>` in its own process
-group; that process writes progress and results back to the same row, and the answers to
-`<home>/evals/<id>/outputs.jsonl`.
+`launch` records the run in SQLite and queues it as an `eval` job (core/jobs.py: the queue shared with
+training, local or Ray); the job process writes progress to `<home>/evals/<id>/status.json`, its log to
+`job.log` there, the answers to `outputs.jsonl` there, and the metrics to the eval row.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import time
-import traceback
 from dataclasses import asdict, astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from core import processes
+from core import folders
 from core.errors import UserError
 from core.models import ModelSpec
 from core.workspace import Workspace
@@ -52,7 +47,6 @@ BASELINES = ("prompting", "rag")
 GENERAL_TEXT = Path(__file__).resolve().parents[1] / "data" / "samples" / "general_text.jsonl"
 DEFAULT_SYSTEM_PROMPT = ("Answer the last question in the same style and format as the answers in the "
                          "conversation so far.")
-STATUSES = ("queued", "running", "completed", "failed", "stopped")
 
 
 @dataclass
@@ -78,6 +72,11 @@ class EvalConfig:
     max_length: int = field(default=1024, metadata={"help": "Longest sequence scored for loss; longer prompts are cut on the left."})
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Rows per forward pass and per generation batch."})
     seed: int = field(default=0, metadata={"help": "Seed for choosing the few-shot examples."})
+    backend: str = field(default="local", metadata={
+        "help": "local (this machine, in the job queue) or ray (a job on the Ray cluster at ray_address; the code "
+                "and workspace must be at the same paths there).", "choices": ("local", "ray")})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "backend ray: the cluster's dashboard address (default: the RAY_ADDRESS environment variable)."})
 
     def __post_init__(self):
         if "+" in self.model and not self.adapter:  # NAME+RUN_ID given as the model
@@ -88,6 +87,8 @@ class EvalConfig:
             raise UserError(f"baseline {self.baseline!r}: choose one of {', '.join(BASELINES)}")
         if self.k < 1 and self.baseline:
             raise UserError(f"k: must be at least 1 for the {self.baseline} baseline, got {self.k}")
+        if self.backend not in ("local", "ray"):
+            raise UserError(f"backend {self.backend!r}: choose local or ray")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"limit: must be at least 1, got {self.limit}")
 
@@ -462,47 +463,58 @@ def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = 
     return metrics
 
 
-# ---------------------------------------------------------------- eval runs in the background
+# ---------------------------------------------------------------- eval runs in the background (eval jobs)
 
 def evals_dir(ws: Workspace) -> Path:
     return ws.home / "evals"
 
 
-def _row(db, eval_id: int) -> dict:
-    cur = db.execute("SELECT * FROM eval_runs WHERE id = ?", [eval_id])
-    row = cur.fetchone()
-    if row is None:
-        raise UserError(f"no eval run {eval_id}")
-    return _decode(dict(zip([d[0] for d in cur.description], row)))
+_SELECT = ("SELECT e.*, j.id AS job_id, j.status, j.error, j.pid, j.started_at, j.finished_at, j.folder AS job_folder "
+           "FROM eval_runs e LEFT JOIN jobs j ON j.kind = 'eval' AND j.target = CAST(e.id AS TEXT)")
 
 
-def _decode(row: dict) -> dict:
-    row["config"] = json.loads(row.pop("config_json"))
-    row["metrics"] = json.loads(row.pop("metrics_json")) if row.get("metrics_json") else None
-    return row
+def _rows(db, where: str, args: list) -> list[dict]:
+    from core import jobs
+    cur = db.execute(f"{_SELECT} {where}", args)
+    cols = [d[0] for d in cur.description]
+    out = []
+    for r in cur.fetchall():
+        row = dict(zip(cols, r))
+        row["config"] = json.loads(row.pop("config_json"))
+        row["metrics"] = json.loads(row.pop("metrics_json")) if row.get("metrics_json") else None
+        row["status"] = row["status"] or "queued"  # recorded, its job not made yet (create, then execute)
+        folder = jobs.home(db) / (row.pop("job_folder") or f"evals/{row['id']}")
+        report = folders.read_status(folder)
+        row["progress"] = 1.0 if row["status"] == "completed" else float(report.get("progress") or 0.0)
+        row["message"] = report.get("phase") or row["status"]
+        row["log"] = str(folder / "job.log")
+        out.append(row)
+    return out
 
 
 def get(db, eval_id: int) -> dict:
-    """One eval run: its columns, `config` and `metrics` (None until it completes)."""
-    return _row(db, int(eval_id))
+    """One eval run: its columns, `config`, `metrics` (None until it completes), and its job's status,
+    error, pid, times, progress and message. Changes nothing."""
+    found = _rows(db, "WHERE e.id = ?", [int(eval_id)])
+    if not found:
+        raise UserError(f"no eval run {eval_id}")
+    return found[0]
 
 
 def list_evals(db, dataset: str | None = None, status: str | None = None) -> list[dict]:
-    """Eval runs, newest first; `dataset` matches NAME (any version) or NAME@VERSION."""
-    sql, args = "SELECT * FROM eval_runs WHERE 1=1", []
+    """Eval runs, newest first; `dataset` matches NAME (any version) or NAME@VERSION. Changes nothing."""
+    sql, args = "WHERE 1=1", []
     if dataset:
-        sql += " AND (dataset = ? OR dataset LIKE ?)" if "@" not in dataset else " AND dataset = ?"
+        sql += " AND (e.dataset = ? OR e.dataset LIKE ?)" if "@" not in dataset else " AND e.dataset = ?"
         args += [dataset, f"{dataset}@%"] if "@" not in dataset else [dataset]
     if status:
-        sql += " AND status = ?"
+        sql += " AND COALESCE(j.status, 'queued') = ?"
         args.append(status)
-    cur = db.execute(sql + " ORDER BY id DESC", args)
-    cols = [d[0] for d in cur.description]
-    return [_decode(dict(zip(cols, r))) for r in cur.fetchall()]
+    return _rows(db, sql + " ORDER BY e.id DESC", args)
 
 
 def create(db, ws: Workspace, config: EvalConfig) -> int:
-    """Check the config (so mistakes show now, not in the background) and record a queued eval run."""
+    """Check the config (so mistakes show now, not in the background) and record the eval run."""
     from core import datasets
     version = datasets.resolve(db, ws, config.dataset)
     config.spec.check(db, ws)
@@ -510,10 +522,14 @@ def create(db, ws: Workspace, config: EvalConfig) -> int:
         raise UserError(f"reward run {config.reward}: no model at {ws.runs_dir / config.reward / 'final'}")
     if config.split and config.split not in version.files:
         raise UserError(f"split {config.split!r}: dataset {version.ref} has {', '.join(version.files)}")
-    config = EvalConfig.from_dict({**config.to_dict(), "dataset": version.ref})
+    address = config.ray_address
+    if config.backend == "ray":
+        from core import ray_backend
+        address = ray_backend.check_address(address)[0]
+    config = EvalConfig.from_dict({**config.to_dict(), "dataset": version.ref, "ray_address": address})
     cur = db.execute(
-        "INSERT INTO eval_runs(label, model, adapter, baseline, dataset, reward, config_json, status, progress, "
-        "message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, 'starting', ?)",
+        "INSERT INTO eval_runs(label, model, adapter, baseline, dataset, reward, config_json, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [config.label, config.model, config.adapter, config.baseline, version.ref, config.reward,
          json.dumps(config.to_dict()), time.time()])
     (evals_dir(ws) / str(cur.lastrowid)).mkdir(parents=True, exist_ok=True)
@@ -521,105 +537,64 @@ def create(db, ws: Workspace, config: EvalConfig) -> int:
 
 
 def launch(db, ws: Workspace, config: EvalConfig) -> int:
-    """Record the eval run and start it in its own process group; returns its id at once."""
+    """Record the eval run and queue it as an `eval` job (core/jobs.py); returns its id at once."""
+    from core import jobs
     eval_id = create(db, ws, config)
-    env = dict(os.environ, TUNELAB_HOME=str(ws.home))
-    with open(evals_dir(ws) / str(eval_id) / "eval.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "core.evaluate", str(eval_id)], stdout=log,
-                                stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1],
-                                start_new_session=True)
-    db.execute("UPDATE eval_runs SET pid = ? WHERE id = ?", [proc.pid, eval_id])
+    stored = get(db, eval_id)["config"]  # with the Ray address checked and pinned
+    jobs.submit(db, "eval", str(eval_id), evals_dir(ws) / str(eval_id), stored["backend"], stored["ray_address"],
+                {"num_cpus": 1} if stored["backend"] == "ray" else None)
     return eval_id
 
 
-def refresh(db, eval_id: int) -> dict:
-    """The run, marking it failed if its process died without saying so."""
-    row = get(db, eval_id)
-    if row["status"] in ("queued", "running") and row["pid"] and not processes.pid_alive(row["pid"]):
-        time.sleep(0.2)  # the process may have written its last update just now
-        row = get(db, eval_id)
-        if row["status"] in ("queued", "running"):
-            db.execute("UPDATE eval_runs SET status = 'failed', error = ?, finished_at = ? WHERE id = ? "
-                       "AND status IN ('queued', 'running')",
-                       [f"the eval process {row['pid']} exited without finishing; see its eval.log", time.time(),
-                        eval_id])
-            row = get(db, eval_id)
-    return row
+def _job_id(db, eval_id: int) -> int:
+    from core import jobs
+    job = jobs.find(db, "eval", str(int(eval_id)))
+    if job is None:
+        raise UserError(f"eval run {eval_id} was never started")
+    return job.id
 
 
 def wait(db, eval_id: int, progress: Progress | None = None, poll_s: float = 0.5,
          timeout_s: float | None = None) -> dict:
-    """Block until the eval run ends, feeding `progress`; returns the final row."""
-    deadline = time.time() + timeout_s if timeout_s else None
-    while True:
-        row = refresh(db, eval_id)
-        if progress:
-            progress(row["progress"] or 0.0, row["message"] or row["status"])
-        if row["status"] not in ("queued", "running"):
-            return row
-        if deadline and time.time() > deadline:
-            raise UserError(f"eval run {eval_id} is still {row['status']} after {timeout_s:.0f} s")
-        time.sleep(poll_s)
+    """Block until the eval run ends, feeding `progress`; returns the final row (TimeoutError after `timeout_s`)."""
+    from core import jobs
+    jobs.wait(db, _job_id(db, eval_id), progress, timeout_s, poll_s)
+    return get(db, eval_id)
 
 
 def stop(db, eval_id: int) -> dict:
     """Stop a queued or running eval run (its whole process group)."""
-    row = refresh(db, eval_id)
-    if row["status"] not in ("queued", "running"):
+    from core import jobs
+    row = get(db, eval_id)
+    if row["status"] not in jobs.ACTIVE:
         raise UserError(f"eval run {eval_id} is already {row['status']}")
-    if row["pid"]:
-        try:
-            os.killpg(row["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    db.execute("UPDATE eval_runs SET status = 'stopped', finished_at = ? WHERE id = ?", [time.time(), eval_id])
+    jobs.stop(db, _job_id(db, eval_id))
     return get(db, eval_id)
+
+
+def _perform(db, ws: Workspace, eval_id: int, progress: Progress) -> None:
+    """Evaluate a recorded eval run; the answers go to its folder, the metrics to its row."""
+    config = EvalConfig.from_dict(get(db, eval_id)["config"])
+    metrics = run_eval(db, ws, config, progress, outputs=evals_dir(ws) / str(eval_id) / "outputs.jsonl")
+    db.execute("UPDATE eval_runs SET metrics_json = ? WHERE id = ?", [json.dumps(metrics), eval_id])
+
+
+def run_job(db, ws: Workspace, target: str, folder: Path) -> tuple[str, str | None]:
+    """The `eval` job's entry point: progress goes to the folder's status.json and the job's log."""
+    _perform(db, ws, int(target), folders.progress_writer(folder))
+    return "completed", None
 
 
 def execute(db, ws: Workspace, eval_id: int, progress: Progress | None = None) -> dict:
-    """Run a recorded eval run in this process, writing progress and results to its row; returns the row.
+    """Run a recorded eval run in this process, as an eval job; returns the row. The demo does this,
+    which saves a process start per eval."""
+    from core import jobs
+    folder = evals_dir(ws) / str(eval_id)
+    write = folders.progress_writer(folder, echo=False)
 
-    The eval process does this; so does the demo, which saves a process start per eval."""
-    row = get(db, eval_id)
-    db.execute("UPDATE eval_runs SET status = 'running', started_at = ?, pid = ? WHERE id = ?",
-               [time.time(), os.getpid(), eval_id])
-    last = [0.0]
-
-    def update(fraction: float, message: str) -> None:
+    def both(fraction: float, message: str) -> None:
+        write(fraction, message)
         if progress:
             progress(fraction, message)
-        if time.time() - last[0] > 0.3 or fraction >= 1.0:  # a row write per 0.3 s at most
-            last[0] = time.time()
-            db.execute("UPDATE eval_runs SET progress = ?, message = ? WHERE id = ? AND status = 'running'",
-                       [min(1.0, fraction), message, eval_id])
-    try:
-        config = EvalConfig.from_dict(row["config"])
-        metrics = run_eval(db, ws, config, update, outputs=evals_dir(ws) / str(eval_id) / "outputs.jsonl")
-    except Exception as exc:  # recorded on the row; a UserError is the user's to fix, the rest a bug
-        message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        db.execute("UPDATE eval_runs SET status = 'failed', error = ?, finished_at = ? WHERE id = ? "
-                   "AND status = 'running'", [message, time.time(), eval_id])
-        raise
-    db.execute("UPDATE eval_runs SET status = 'completed', progress = 1, message = 'done', metrics_json = ?, "
-               "finished_at = ? WHERE id = ? AND status = 'running'", [json.dumps(metrics), time.time(), eval_id])
+    jobs.run_here(db, "eval", str(eval_id), folder, lambda: _perform(db, ws, eval_id, both))
     return get(db, eval_id)
-
-
-def _main(eval_id: int) -> int:
-    """The eval process (`python -m core.evaluate ID`); its log is <home>/evals/<id>/eval.log."""
-    from core import db as dbmod, workspace
-    ws = workspace.current()
-    conn = dbmod.connect(ws.db_path)
-    try:
-        execute(conn, ws, eval_id, lambda f, m: print(f"{f:6.1%} {m}", flush=True))
-    except UserError as exc:
-        print(f"error: {exc}", flush=True)
-        return 2
-    except Exception:  # a bug: the traceback goes to the log, the row already says failed
-        traceback.print_exc()
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(int(sys.argv[1])))

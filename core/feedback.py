@@ -1,9 +1,9 @@
 """Human preference collection: campaigns, pairs, claims, votes, quality, export and import.
 
-A campaign is a set of prompts and two or more model specs (`NAME` or `NAME+RUN_ID`). A separate
-process (`python -m core.feedback generate NAME`, started by `start_generation`) samples N answers
-per prompt and model in batches and records its progress in the campaign row, so the page and the
-CLI only read it. Pairs are then built per prompt across models; each pair wants K votes (overlap).
+A campaign is a set of prompts and two or more model specs (`NAME` or `NAME+RUN_ID`). A `generate`
+job (core/jobs.py, queued by `start_generation`, local or on Ray) samples N answers per prompt and
+model in batches, reporting progress in `<home>/campaigns/<name>/status.json` and its log there.
+Pairs are then built per prompt across models; each pair wants K votes (overlap).
 Gold pairs carry a known answer and are given to every annotator once, to measure accuracy.
 
 Annotators claim one pair at a time inside BEGIN IMMEDIATE, so concurrent claims never hand out
@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from core import processes
-from core import agreement, db as dbmod, workspace
+from core import agreement, db as dbmod, folders, workspace
 from core.errors import UserError
 from core.generate import SamplingSettings
 from core.models import ModelSpec
@@ -71,7 +67,7 @@ class Campaign:
     settings: dict
     guidelines: str
     judge: str | None
-    status: str            # pending | generating | ready | failed
+    status: str            # pending | generating | ready | failed (generating, failed: its job's)
     progress: float
     progress_message: str | None
     pid: int | None
@@ -108,26 +104,36 @@ def _rows(db, sql: str, params=()) -> list[dict]:
     return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
+# A campaign row says pending or ready; its generation job (core/jobs.py) says the rest.
+_SELECT = ("SELECT c.*, j.status AS job_status, j.pid, j.error, j.folder AS job_folder FROM campaigns c "
+           "LEFT JOIN jobs j ON j.kind = 'generate' AND j.target = c.name")
+
+
 def get_campaign(db, name: str) -> Campaign:
-    rows = _rows(db, "SELECT * FROM campaigns WHERE name = ?", [name])
+    """Changes nothing: `jobs.reconcile` notices a generation process that died."""
+    rows = _rows(db, f"{_SELECT} WHERE c.name = ?", [name])
     if not rows:
         known = ", ".join(r[0] for r in db.execute("SELECT name FROM campaigns ORDER BY name").fetchall())
         raise UserError(f"campaign {name!r} does not exist; known campaigns: {known or '(none)'}")
-    return _check_alive(db, Campaign.from_row(rows[0]))
+    return _campaign(db, rows[0])
 
 
 def list_campaigns(db) -> list[Campaign]:
-    return [_check_alive(db, Campaign.from_row(r)) for r in _rows(db, "SELECT * FROM campaigns ORDER BY created_at DESC")]
+    return [_campaign(db, r) for r in _rows(db, f"{_SELECT} ORDER BY c.created_at DESC")]
 
 
-def _check_alive(db, c: Campaign) -> Campaign:
-    """A campaign left 'generating' by a process that is gone is marked failed, so nobody waits forever."""
-    if c.status == "generating" and c.pid and not processes.pid_alive(c.pid):
-        c.status, c.error = "failed", (f"the generation process (pid {c.pid}) exited without finishing; "
-                                       f"see campaign-{c.id}.log in the workspace")
-        db.execute("UPDATE campaigns SET status = ?, error = ? WHERE id = ? AND status = 'generating'",
-                   [c.status, c.error, c.id])
-    return c
+def _campaign(db, row: dict) -> Campaign:
+    """Generating while its job is queued or running (progress from the job's status.json), failed with
+    the job's error if the job ended any other way before the pairs were built."""
+    from core import jobs
+    job, folder = row.pop("job_status"), row.pop("job_folder")
+    if row["status"] != "ready" and job in jobs.ACTIVE:
+        report = folders.read_status(jobs.home(db) / folder) if job == "running" else {}
+        row.update(status="generating", progress=float(report.get("progress") or 0.0),
+                   progress_message=report.get("phase") or job)
+    elif row["status"] != "ready" and job is not None and job != "completed":
+        row.update(status="failed", error=row["error"] or f"the generation job was {job}")
+    return Campaign.from_row(row)
 
 
 def _as_messages(prompt) -> list[dict]:
@@ -195,50 +201,51 @@ def prompts(db, campaign: Campaign) -> list[tuple[int, list[dict]]]:
 
 # ---------------------------------------------------------------- generation (a separate process)
 
-def start_generation(db, ws, name: str) -> int:
-    """Start `python -m core.feedback generate NAME` in its own process group; returns its pid."""
+def start_generation(db, ws, name: str, backend: str = "local", ray_address: str | None = None):
+    """Queue the campaign's generation as a `generate` job (core/jobs.py), in the queue shared with
+    training and evals, on this machine or a Ray cluster; a failed or stopped one starts over, keeping
+    the answers already stored. Returns the job."""
+    from core import jobs
     c = get_campaign(db, name)
     if c.status == "generating":
-        raise UserError(f"campaign {name!r} is already generating (pid {c.pid})")
+        raise UserError(f"campaign {name!r} is already generating")
     if c.status == "ready":
         raise UserError(f"campaign {name!r} is ready; its answers are generated")
-    # Mark it first: a fast worker must not have its 'ready' overwritten by this process.
-    db.execute("UPDATE campaigns SET status = 'generating', pid = NULL, error = NULL, progress_message = 'starting' "
-               "WHERE id = ?", [c.id])
-    try:
-        with open(ws.home / f"campaign-{c.id}.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "core.feedback", "generate", name],
-                                    env=dict(os.environ, TUNELAB_HOME=str(ws.home)), stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    cwd=str(Path(__file__).resolve().parents[1]))
-    except OSError as exc:
-        db.execute("UPDATE campaigns SET status = 'failed', error = ? WHERE id = ?", [str(exc), c.id])
-        raise
-    db.execute("UPDATE campaigns SET pid = ? WHERE id = ? AND status = 'generating'", [proc.pid, c.id])
-    return proc.pid
+    job = jobs.find(db, "generate", c.name)
+    if job is not None:
+        return jobs.requeue(db, job.id)
+    if backend == "ray":
+        from core import ray_backend
+        ray_address = ray_backend.check_address(ray_address)[0]
+    return jobs.submit(db, "generate", c.name, ws.home / "campaigns" / c.name, backend, ray_address,
+                       {"num_cpus": 1} if backend == "ray" else None)
 
 
-def wait_generation(db, name: str, progress: Progress | None = None, poll_s: float = 0.5) -> Campaign:
-    """Block until generation ends, relaying the recorded progress; raises UserError if it failed."""
-    while True:
-        c = get_campaign(db, name)
-        if progress:
-            progress(c.progress, c.progress_message or c.status)
-        if c.status == "ready":
-            return c
-        if c.status == "failed":
-            raise UserError(f"campaign {name!r}: generation failed: {c.error}")
-        time.sleep(poll_s)
+def wait_generation(db, name: str, progress: Progress | None = None, poll_s: float = 0.5,
+                    timeout_s: float | None = None) -> Campaign:
+    """Block until generation ends, relaying its progress; raises UserError if it did not complete, and
+    TimeoutError after `timeout_s`."""
+    from core import jobs
+    job = jobs.find(db, "generate", get_campaign(db, name).name)
+    if job is not None:
+        job = jobs.wait(db, job.id, progress, timeout_s, poll_s)
+    c = get_campaign(db, name)
+    if c.status != "ready":
+        raise UserError(f"campaign {name!r}: generation {job.status if job else 'never started'}: {c.error}")
+    return c
 
 
-def _set_progress(db, cid: int, fraction: float, message: str) -> None:
-    db.execute("UPDATE campaigns SET progress = ?, progress_message = ? WHERE id = ?", [fraction, message, cid])
+def run_job(db, ws, target: str, folder: Path) -> tuple[str, str | None]:
+    """The `generate` job's entry point: progress goes to the folder's status.json and the job's log."""
+    generate_responses(db, ws, target, progress=folders.progress_writer(folder))
+    return "completed", None
 
 
 def generate_responses(db, ws, name: str, progress: Progress | None = None, batch_size: int = 8) -> None:
     """Sample every (model, sample) over all prompts, store the answers, then build the pairs.
 
-    Runs in the worker process. Answers already stored are kept, so a restarted job resumes.
+    Runs in the `generate` job's process (run_job), which records the outcome. Answers already stored are
+    kept, so a restarted job resumes.
     """
     import gc
 
@@ -247,34 +254,27 @@ def generate_responses(db, ws, name: str, progress: Progress | None = None, batc
     base = SamplingSettings(**c.settings)
     items = prompts(db, c)
     units = [(spec, s) for spec in c.models for s in range(c.samples)]
-    try:
-        for u, spec in enumerate(c.models):
-            todo = [s for s in range(c.samples) if _missing(db, c, spec, s, len(items))]
-            if not todo:
-                continue
-            model, tokenizer = generate.load(*ModelSpec.parse(spec).folders(db, ws))
-            for s in todo:
-                k = units.index((spec, s))
-                settings = SamplingSettings(**{**asdict(base), "seed": base.seed + s})
+    for u, spec in enumerate(c.models):
+        todo = [s for s in range(c.samples) if _missing(db, c, spec, s, len(items))]
+        if not todo:
+            continue
+        model, tokenizer = generate.load(*ModelSpec.parse(spec).folders(db, ws))
+        for s in todo:
+            k = units.index((spec, s))
+            settings = SamplingSettings(**{**asdict(base), "seed": base.seed + s})
 
-                def report(f: float, msg: str, k=k, spec=spec, s=s) -> None:
-                    frac = (k + f) / len(units)
-                    _set_progress(db, c.id, frac, f"{spec} sample {s + 1}: {msg}")
-                    if progress:
-                        progress(frac, f"{spec} sample {s + 1}: {msg}")
-                report(0.0, "generating")
-                answers = generate.generate(model, tokenizer, [m for _, m in items], settings,
-                                            batch_size=batch_size, progress=report)
-                store_responses(db, c, spec, s, [pid for pid, _ in items], answers, settings)
-            del model, tokenizer
-            gc.collect()
-        n = build_pairs(db, c)
-        if progress:
-            progress(1.0, f"{n} pairs ready")
-    except BaseException as exc:
-        db.execute("UPDATE campaigns SET status = 'failed', error = ?, pid = NULL WHERE id = ?",
-                   [f"{type(exc).__name__}: {exc}", c.id])
-        raise
+            def report(f: float, msg: str, k=k, spec=spec, s=s) -> None:
+                if progress:
+                    progress((k + f) / len(units), f"{spec} sample {s + 1}: {msg}")
+            report(0.0, "generating")
+            answers = generate.generate(model, tokenizer, [m for _, m in items], settings,
+                                        batch_size=batch_size, progress=report)
+            store_responses(db, c, spec, s, [pid for pid, _ in items], answers, settings)
+        del model, tokenizer
+        gc.collect()
+    n = build_pairs(db, c)
+    if progress:
+        progress(1.0, f"{n} pairs ready")
 
 
 def _missing(db, c: Campaign, spec: str, sample: int, n_prompts: int) -> bool:
@@ -321,8 +321,8 @@ def build_pairs(db, campaign: Campaign) -> int:
                                             f"{specs[i] if ra is None else specs[j]} (sample {s})")
                         _insert_pair(db, campaign.id, pid, ra, rb, campaign.overlap, None, rng.random())
                         n += 1
-        db.execute("UPDATE campaigns SET status = 'ready', progress = 1, progress_message = ?, pid = NULL "
-                   "WHERE id = ?", [f"{n} pairs ready", campaign.id])
+        db.execute("UPDATE campaigns SET status = 'ready', progress = 1, progress_message = ? WHERE id = ?",
+                   [f"{n} pairs ready", campaign.id])
     return n
 
 
@@ -877,13 +877,3 @@ def _response_id(db, prompt_id: int, model: str, text: str) -> int:
     return db.execute("INSERT INTO responses(prompt_id, model, sample, text, settings_json, seed, created_at) "
                       "VALUES (?, ?, ?, ?, '{}', NULL, ?)", [prompt_id, model, sample, text, time.time()]).lastrowid
 
-
-if __name__ == "__main__":
-    # The generation worker: python -m core.feedback generate NAME
-    from core import workspace
-    if len(sys.argv) != 3 or sys.argv[1] != "generate":
-        sys.exit("usage: python -m core.feedback generate CAMPAIGN")
-    ws = workspace.current()
-    conn = dbmod.connect(ws.db_path)
-    conn.execute("UPDATE campaigns SET pid = ?, status = 'generating' WHERE name = ?", [os.getpid(), sys.argv[2]])
-    generate_responses(conn, ws, sys.argv[2], progress=lambda f, m: print(f"{f:.0%} {m}", flush=True))

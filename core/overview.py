@@ -14,8 +14,8 @@ def pipeline_summary(db, top: int = 5) -> dict:
     out = {
         "datasets": _count(db, "SELECT count(*) FROM datasets") if "datasets" in tables else 0,
         "dataset_versions": _count(db, "SELECT count(*) FROM dataset_versions") if "dataset_versions" in tables else 0,
-        "runs_by_status": dict(db.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
-        if "runs" in tables else {},
+        "runs_by_status": dict(db.execute("SELECT status, count(*) FROM jobs WHERE kind = 'train' "
+                                          "GROUP BY status").fetchall()),
         "campaigns": _count(db, "SELECT count(*) FROM campaigns") if "campaigns" in tables else 0,
         "votes": _count(db, "SELECT count(*) FROM votes") if "votes" in tables else 0,
         "models": len(models.list_models(db)),
@@ -23,7 +23,7 @@ def pipeline_summary(db, top: int = 5) -> dict:
     }
     out["runs"] = sum(out["runs_by_status"].values())
     # The leaderboard's rows come from votes and completed evals; with neither there is nothing to rank.
-    evals = _count(db, "SELECT count(*) FROM eval_runs WHERE status = 'completed'") if "eval_runs" in tables else 0
+    evals = _count(db, "SELECT count(*) FROM jobs WHERE kind = 'eval' AND status = 'completed'")
     out["leaderboard_top"] = _leaderboard_top(db, top) if out["votes"] or evals else []
     return out
 

@@ -1,13 +1,14 @@
-"""The `ray` run backend: a run is a job on a Ray cluster, submitted with Ray's Job Submission API.
+"""The `ray` backend: a job (a training run, an eval, a campaign's generation) is a job on a Ray
+cluster, submitted with Ray's Job Submission API.
 
-The job's entrypoint is the same `python -m core.train <run folder>` a local run is; with `num_workers`
-above 1 that process starts Ray Train workers (core/train/distributed.py). Nothing is shipped with the
-job: the code, the interpreter and the workspace (database, models, datasets, run folders) must be at the
-same paths on the cluster's nodes. On one machine that holds already; on a cluster of several machines,
-put the repository, the Python environment and TUNELAB_HOME on shared storage mounted at the same path.
-The run process writes train.log, status.json, metrics.jsonl, checkpoints and final/ into the run folder
-and records its outcome in the database, as a local run does; core.runs asks the cluster for the job's
-state only to notice a job that died without reporting.
+The Ray job's entrypoint is the same `python -m core.jobs <job id>` a local job runs (core/jobs.py); for
+a run with `num_workers` above 1 that process starts Ray Train workers (core/train/distributed.py).
+Nothing is shipped with the job: the code, the interpreter and the workspace (database, models, datasets,
+job folders) must be at the same paths on the cluster's nodes. On one machine that holds already; on a
+cluster of several machines, put the repository, the Python environment and TUNELAB_HOME on shared
+storage mounted at the same path. The job process writes its log, status.json and results into its
+folder and records its outcome in the database, as a local one does; core.jobs asks the cluster for the
+job's state only to notice a job that died without reporting.
 
 Needs the `ray` extra (`pip install -e ".[ray]"`). Token auth follows the caller's environment
 (RAY_AUTH_MODE, RAY_AUTH_TOKEN), as for Ray's own CLI.
@@ -22,9 +23,8 @@ from pathlib import Path
 
 from core.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
-ACTIVE = ("PENDING", "RUNNING")  # job states in which the run process may still be running
-# After a stop, the time the run gets to save a checkpoint before Ray kills it (Ray's default is 3 s).
+ACTIVE = ("PENDING", "RUNNING")  # Ray job states in which the job process may still be running
+# After a stop, the time a job gets to save its work (a checkpoint) before Ray kills it (Ray's default is 3 s).
 STOP_GRACE_S = 30
 
 
@@ -44,26 +44,32 @@ def _client(address: str):
     return _clients[address]
 
 
-def resolve(cfg):
-    """Check the Ray keys against the cluster and pin what they leave open (address, GPUs per worker)."""
+def check_address(address: str | None, key: str = "ray_address") -> tuple[str, float, float]:
+    """(address, CPUs, GPUs) of the cluster that answers at `address` (or RAY_ADDRESS); a UserError naming
+    `key` if Ray is missing or nothing answers."""
     if not available():
         raise UserError("key 'backend': ray needs the ray package: pip install -e \".[ray]\" "
                         "(or pip install \"ray[default,train]>=2.60,<3\")")
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if not address:
-        raise UserError("key 'ray_address': backend ray needs the cluster's dashboard address, e.g. "
-                        "http://127.0.0.1:8265 (set ray_address or the RAY_ADDRESS environment variable)")
+        raise UserError(f"key '{key}': backend ray needs the cluster's dashboard address, e.g. "
+                        f"http://127.0.0.1:8265 (set {key} or the RAY_ADDRESS environment variable)")
     if "://" not in address:
         address = f"http://{address}"
     from ray.util.state import list_nodes
     try:
         nodes = [n for n in list_nodes(address=address, timeout=15) if n.state == "ALIVE"]
     except Exception as exc:  # connection refused, timeout, auth: all say the same to the user
-        raise UserError(f"key 'ray_address': no Ray cluster answered at {address} "
+        raise UserError(f"key '{key}': no Ray cluster answered at {address} "
                         f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})"
                         ) from None
-    cpus = sum(n.resources_total.get("CPU", 0) for n in nodes)
-    gpus = sum(n.resources_total.get("GPU", 0) for n in nodes)
+    return (address, sum(n.resources_total.get("CPU", 0) for n in nodes),
+            sum(n.resources_total.get("GPU", 0) for n in nodes))
+
+
+def resolve(cfg):
+    """Check a run config's Ray keys against the cluster and pin what they leave open (address, GPUs per worker)."""
+    address, cpus, gpus = check_address(cfg.ray_address)
     gpus_per_worker = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if gpus else 0.0)
     need_cpus, need_gpus = cfg.num_workers * cfg.cpus_per_worker, cfg.num_workers * gpus_per_worker
     if need_cpus > cpus or need_gpus > gpus:
@@ -73,33 +79,36 @@ def resolve(cfg):
     return dataclasses.replace(cfg, ray_address=address, gpus_per_worker=gpus_per_worker)
 
 
-def submit(run_id: str, folder: Path, cfg: dict, job_id: str) -> None:
-    """Submit the run process as the Ray job `job_id` (one per attempt); `cfg` is the resolved config.
-    Raises UserError if the cluster cannot be reached or refuses it."""
+def run_resources(cfg: dict) -> dict:
+    """What a run's job process itself holds: with one worker it trains itself; with more, its Ray Train
+    workers hold the resources and it only waits."""
+    single = cfg["num_workers"] == 1
+    return {"num_cpus": cfg["cpus_per_worker"] if single else 0, "num_gpus": cfg["gpus_per_worker"] if single else 0}
+
+
+def submit(job_id: int, kind: str, target: str, folder: Path, log: Path, address: str, resources: dict,
+           ray_job_id: str, env: dict) -> None:
+    """Submit `python -m core.jobs JOB_ID` as the Ray job `ray_job_id` (one per attempt), holding
+    `resources` (num_cpus, num_gpus). Raises UserError if the cluster cannot be reached or refuses it."""
     folder = Path(folder)
     # A job's bare `python` is whatever came first on PATH where `ray start` ran: name this interpreter.
-    # Its output goes to train.log, where a local run's goes; the Ray Train workers' lines reach it too.
-    entrypoint = (f"cd {shlex.quote(str(folder))} && exec {shlex.quote(sys.executable)} -m core.train "
-                  f"{shlex.quote(str(folder))} >> {shlex.quote(str(folder / 'train.log'))} 2>&1")
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "TUNELAB_RAY_JOB_ID": job_id,  # the run process closes its row by this, not by a pid
+    # Its output goes to the job's log, where a local job's goes; Ray Train workers' lines reach it too.
+    entrypoint = (f"cd {shlex.quote(str(folder))} && exec {shlex.quote(sys.executable)} -m core.jobs {int(job_id)} "
+                  f">> {shlex.quote(str(log))} 2>&1")
+    env = {**env,
+           "TUNELAB_RAY_JOB_ID": ray_job_id,  # the job process closes its row by this, not by a pid
            "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S),  # read by the job's supervisor
-           "RAY_COLOR_PREFIX": "0",  # plain "(RayTrainWorker pid=...)" prefixes in train.log
+           "RAY_COLOR_PREFIX": "0",  # plain "(RayTrainWorker pid=...)" prefixes in the log
            # Ray Train routes print() through its logger, which swallows the redirection that dill (under
            # datasets' fingerprinting) relies on, and floods the log with bytecode listings.
            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    single = cfg["num_workers"] == 1  # one worker: the run process trains itself, holding the resources
     try:
-        _client(cfg["ray_address"]).submit_job(
-            entrypoint=entrypoint, submission_id=job_id, runtime_env={"env_vars": env},
-            metadata={"tunelab_run": run_id},
-            entrypoint_num_cpus=cfg["cpus_per_worker"] if single else 0,
-            entrypoint_num_gpus=cfg["gpus_per_worker"] if single else 0)
+        _client(address).submit_job(
+            entrypoint=entrypoint, submission_id=ray_job_id, runtime_env={"env_vars": env},
+            metadata={"tunelab_job": str(job_id), "tunelab_kind": kind, "tunelab_target": str(target)},
+            entrypoint_num_cpus=resources.get("num_cpus", 1), entrypoint_num_gpus=resources.get("num_gpus", 0))
     except Exception as exc:
-        raise UserError(f"the Ray cluster at {cfg['ray_address']} refused run {run_id}: "
+        raise UserError(f"the Ray cluster at {address} refused {kind} job {job_id} ({target}): "
                         f"{type(exc).__name__}: {str(exc)[:300]}") from None
 
 
@@ -125,7 +134,7 @@ def job_message(address: str, job_id: str) -> str:
 
 
 def stop(address: str, job_id: str) -> None:
-    """Ray sends the run process SIGTERM, and SIGKILL after STOP_GRACE_S."""
+    """Ray sends the job process SIGTERM, and SIGKILL after STOP_GRACE_S."""
     try:
         _client(address).stop_job(job_id)
     except Exception as exc:

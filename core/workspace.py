@@ -141,7 +141,7 @@ def saved_upload(file_name: str, data: bytes, suffixes: tuple[str, ...]) -> Iter
 SETTINGS_DEFAULTS: dict[str, object] = {
     "gpu_hour_usd": 2.5,        # price used for cost estimates; a CPU hour is priced at cpu_hour_usd
     "cpu_hour_usd": 0.10,
-    "max_concurrent_runs": 1,   # one run at a time: two runs on 2 cores each run at half speed
+    "max_concurrent_jobs": 1,   # one job (run, eval, generation) at a time: two on 2 cores each go at half speed
     "upload_limit_mb": 200,     # largest dataset file accepted by import
     "claim_timeout_s": 600,     # a labeling pair claimed and not voted returns to the pool after this
 }

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core import datasets, evaluate, models
+from core import datasets, evaluate, jobs, models
 from pages import _ui
 
 _ui.guard("evaluate")
@@ -52,8 +52,9 @@ else:
 
 @st.fragment(run_every=2.0)
 def eval_list() -> None:
-    rows = [evaluate.refresh(conn, e["id"]) if e["status"] in ("queued", "running") else e
-            for e in evaluate.list_evals(conn)]
+    _ui.guard("evaluate")  # a fragment rerun (its Stop button included) skips the page's own guard
+    jobs.reconcile(conn)  # once per refresh: the read below changes nothing
+    rows = evaluate.list_evals(conn)
     st.subheader("Eval runs")
     if not rows:
         st.caption("No eval runs yet.")

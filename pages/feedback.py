@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import configs, feedback, models, workspace
+from core import configs, feedback, jobs, models, untrusted, workspace
 from core.generate import SamplingSettings
 from pages import _ui
 
@@ -55,6 +55,8 @@ else:
 
     @st.fragment(run_every=2)
     def generation_progress() -> None:
+        _ui.guard("feedback")  # a fragment rerun (its Retry button included) skips the page's own guard
+        jobs.reconcile(conn)  # once per refresh: a generation process that died shows as failed
         c = feedback.get_campaign(conn, selected)
         busy = c.status in ("pending", "generating")
         if busy:
@@ -123,7 +125,7 @@ else:
                 st.session_state[f"registered_{selected}"] = doc["dataset"]
     registered = st.session_state.get(f"registered_{selected}")
     if registered:
-        st.markdown(f"**Next, with `{registered}`:**")
+        st.markdown(f"**Next, with `{untrusted.markdown(registered)}`:**")
         l1, l2, l3 = st.columns(3)
         l1.page_link("pages/launch.py", label="Train a reward model on these votes", icon=":material/star:",
                      query_params={"method": "reward", "dataset": registered})

@@ -193,7 +193,7 @@ def test_cli_eval_runs_in_the_background_and_records_results(tiny_model, tmp_pat
     assert doc["metrics"] == row["metrics"] and row["metrics"]["rows"] == 2 and row["metrics"]["dataset"] == "qa@2"
     assert "perplexity" in row["metrics"] and row["config"]["k"] == 2
     assert (evaluate.evals_dir(ws) / str(doc["id"]) / "outputs.jsonl").exists()
-    assert "100.0% done" in (evaluate.evals_dir(ws) / str(doc["id"]) / "eval.log").read_text()
+    assert "100.0% done" in (evaluate.evals_dir(ws) / str(doc["id"]) / "job.log").read_text()
     assert [r["id"] for r in evaluate.list_evals(db, dataset="qa")] == [doc["id"]]
 
     bad = run_cli("eval", name, "--dataset", "nope", env_home=ws.home)

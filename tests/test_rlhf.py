@@ -192,7 +192,7 @@ def test_cost_estimates_count_what_each_method_computes(rlhf):
 
 
 def test_a_killed_dpo_run_resumes_from_its_checkpoint(rlhf):
-    from core import runs
+    from core import jobs, runs
 
     db, ws, ref, _ = rlhf
     run_id = runs.launch(db, ws, base_config("dpo", ref, tuning="lora", learning_rate=5e-3, max_steps=10,
@@ -205,6 +205,7 @@ def test_a_killed_dpo_run_resumes_from_its_checkpoint(rlhf):
     os.killpg(run.pid, signal.SIGKILL)  # no chance to save anything more
     while runs.get(db, run_id).status == "running":
         time.sleep(0.2)
+        jobs.reconcile(db)  # reads change nothing: reconciling notices the killed process
     killed = runs.get(db, run_id)
     assert killed.status == "interrupted" and "SIGKILL" in killed.error
     steps_before = [m["step"] for m in runs.read_metrics(ws, run_id) if m["kind"] == "train"]

@@ -31,7 +31,7 @@ def tiny_config(ref: str, **overrides) -> dict:
 
 
 def test_sigkilled_run_is_interrupted_and_resumes_from_its_checkpoint(sft_data):
-    from core import runs
+    from core import jobs, runs
     db, ws, ref = sft_data
     run_id = runs.launch(db, ws, tiny_config(ref))
     run = runs.get(db, run_id)
@@ -39,6 +39,8 @@ def test_sigkilled_run_is_interrupted_and_resumes_from_its_checkpoint(sft_data):
     os.kill(run.pid, signal.SIGKILL)
     wait_until(lambda: not psutil.pid_exists(run.pid) or psutil.Process(run.pid).status() == psutil.STATUS_ZOMBIE)
 
+    assert runs.get(db, run_id).status == "running"  # reads are pure: nothing changes until a reconcile
+    jobs.reconcile(db)
     run = runs.get(db, run_id)
     assert run.status == "interrupted" and "killed by SIGKILL" in run.error and run.pid is None
 
@@ -60,7 +62,7 @@ def test_sigkilled_run_is_interrupted_and_resumes_from_its_checkpoint(sft_data):
 def test_stop_saves_a_checkpoint_and_the_queue_starts_the_next_run(sft_data):
     from core import runs, workspace
     db, ws, ref = sft_data
-    assert workspace.get_setting(db, "max_concurrent_runs") == 1
+    assert workspace.get_setting(db, "max_concurrent_jobs") == 1
     long = tiny_config(ref, max_steps=50_000, save_steps=100_000)  # far longer than the test takes
     first, second, third = (runs.launch(db, ws, {**long, "seed": s}) for s in range(3))
     assert [runs.get(db, r).status for r in (first, second, third)] == ["running", "queued", "queued"]
@@ -102,8 +104,8 @@ def test_a_diverging_run_fails_and_says_why(sft_data, tmp_path):
 
 
 def test_a_reused_pid_is_not_taken_for_the_run():
-    from core import runs
+    from core import jobs
     me = psutil.Process(os.getpid())
-    assert runs._alive(me.pid, me.create_time())
-    assert not runs._alive(me.pid, me.create_time() - 3600)  # same pid, another process's start time
-    assert not runs._alive(None, None)
+    assert jobs.alive(me.pid, me.create_time())
+    assert not jobs.alive(me.pid, me.create_time() - 3600)  # same pid, another process's start time
+    assert not jobs.alive(None, None)

@@ -47,10 +47,10 @@ def test_settings_typed_and_unknown_named(workspace):
     import pytest
     from core.errors import UserError
     conn, _ = workspace
-    wsmod.set_setting(conn, "max_concurrent_runs", "3")
-    assert wsmod.get_setting(conn, "max_concurrent_runs") == 3
-    with pytest.raises(UserError, match="max_concurrent_runs"):
-        wsmod.set_setting(conn, "max_concurrent_runs", "many")
+    wsmod.set_setting(conn, "max_concurrent_jobs", "3")
+    assert wsmod.get_setting(conn, "max_concurrent_jobs") == 3
+    with pytest.raises(UserError, match="max_concurrent_jobs"):
+        wsmod.set_setting(conn, "max_concurrent_jobs", "many")
     with pytest.raises(UserError, match="nope"):
         wsmod.get_setting(conn, "nope")
 

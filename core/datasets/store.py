@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import processes
+from core import jobs
 from core import db as dbmod
 from core.errors import UserError
 from core import workspace
@@ -209,7 +209,7 @@ def _clean_orphans(db, ws: Workspace, name: str) -> None:
             child.rename(aside)
             log.warning("dataset %s: %s has no row in the database; moved it to %s", name, child, aside)
         m = re.fullmatch(r"\.tmp-(\d+)-\w+", child.name)
-        if m and not processes.pid_alive(int(m.group(1))):
+        if m and not jobs.alive(int(m.group(1))):
             shutil.rmtree(child, ignore_errors=True)
 
 

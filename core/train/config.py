@@ -178,7 +178,8 @@ def resolve(db, ws, cfg: RunConfig) -> RunConfig:
     from core import datasets, models
 
     if cfg.init_from:
-        row = db.execute("SELECT base_model, status, folder FROM runs WHERE id = ?", [cfg.init_from]).fetchone()
+        row = db.execute("SELECT r.base_model, j.status, r.folder FROM runs r JOIN jobs j ON j.kind = 'train' "
+                         "AND j.target = r.id WHERE r.id = ?", [cfg.init_from]).fetchone()
         if row is None:
             raise UserError(f"key 'init_from': no run {cfg.init_from!r}")
         base, status, folder = row

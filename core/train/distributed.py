@@ -3,7 +3,7 @@
     backend: ray,   num_workers: N    Ray Train's TorchTrainer starts N workers on the cluster
     backend: local, num_processes: N  N processes on this machine (one per GPU; gloo on CPU)
 
-The run process (`python -m core.train <folder>`, runtime.main) stays the one that reports the outcome:
+The run process (`python -m core.jobs <job id>`, runtime.run_job) stays the one that reports the outcome:
 `train(ctx)` here starts the ranks and waits for them. Each rank runs the method's own `train(ctx)`
 unchanged: the launcher sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT, transformers' Trainer
 joins the process group, gives each rank its share of every batch (the effective batch is N times
@@ -48,7 +48,7 @@ def train(ctx: runtime.RunContext) -> None:
     stop_file.unlink(missing_ok=True)
     done = threading.Event()
 
-    def forward_stop():  # runtime.main's SIGTERM handler only sets the flag while `training` is true
+    def forward_stop():  # runtime.run_job's SIGTERM handler only sets the flag while `training` is true
         while not done.wait(0.2):
             if ctx.stop_requested:
                 stop_file.touch()

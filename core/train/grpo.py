@@ -58,7 +58,8 @@ def resolve(db, ws, cfg: Config) -> Config:
     if not cfg.reward_model:
         raise UserError(f"key 'reward_model': method {cfg.method!r} needs the id of a completed reward-model run "
                         "(train one with method: reward)")
-    row = db.execute("SELECT method, status, folder FROM runs WHERE id = ?", [cfg.reward_model]).fetchone()
+    row = db.execute("SELECT r.method, j.status, r.folder FROM runs r JOIN jobs j ON j.kind = 'train' "
+                     "AND j.target = r.id WHERE r.id = ?", [cfg.reward_model]).fetchone()
     if row is None:
         raise UserError(f"key 'reward_model': no run {cfg.reward_model!r}")
     method, status, folder = row

@@ -126,19 +126,31 @@ def model_name(run_id: str) -> str:
 
 # ---------------------------------------------------------------- using a trained reward model
 
-def reward_dir(db, run_id: str) -> Path:
-    """The `final/` folder of a completed reward run (a whole model, or an adapter with its head)."""
-    from core import runs
-    run = runs.get(db, run_id)
-    if run.method != "reward":
-        raise UserError(f"run {run_id} is a {run.method!r} run, not a reward model (method: reward)")
-    return runs.result_dir(db, run_id)
+def reward_dir(ws, run_id: str) -> Path:
+    """The `final/` folder of a completed reward run (a whole model, or an adapter with its head).
+
+    Read from the run folder (config.yaml, status.json), not the run manager: a GRPO or RLOO training
+    process calls this, and a training process must not touch job state."""
+    import yaml
+
+    from core import workspace
+    from core.folders import read_status
+    folder = Path(ws.runs_dir) / workspace.check_name(run_id, "run")
+    if not (folder / "config.yaml").is_file():
+        raise UserError(f"no run {run_id!r} (see `tunelab runs list`)")
+    method = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("method", "sft")
+    if method != "reward":
+        raise UserError(f"run {run_id} is a {method!r} run, not a reward model (method: reward)")
+    state, final = read_status(folder).get("state"), folder / "final"
+    if state != "completed" or not final.is_dir():
+        raise UserError(f"run {run_id} is {state or 'not started'} and has no result in {final}")
+    return final
 
 
 def load(db, ws, run_id: str):
     """(model, tokenizer) of a completed reward run, in eval mode; a LoRA one with its adapter merged in."""
     from core import evaluate
-    model, tokenizer = evaluate.load_reward_model(reward_dir(db, run_id), db, ws)
+    model, tokenizer = evaluate.load_reward_model(reward_dir(ws, run_id), db, ws)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return model, tokenizer

@@ -1,13 +1,14 @@
 """What every method's run process shares, so that a method module only builds its TRL trainer.
 
-`python -m core.train <run folder>` calls `main(folder)`, which reads `config.yaml`, hands a `RunContext`
+The job runner (`python -m core.jobs <job id>`) calls `run_job`, which reads `config.yaml`, hands a `RunContext`
 to the method's `train(ctx)`, and reports the outcome. The context loads the base model (full, LoRA or
 QLoRA, optionally from an earlier run's result), the dataset splits, the common TrainingArguments, and
 runs the trainer with `ctx.fit(trainer)`: resume from the latest checkpoint, a graceful stop on SIGTERM,
 metrics.jsonl and status.json written by a TrainerCallback, and the result saved in `final/`.
 
-This process never changes the run's status itself: it reports through status.json and
-`core.runs.finish`, which owns the status.
+This code never changes the run's status, and imports nothing from core.jobs or core.runs: it reports
+through the run folder (status.json, metrics.jsonl) and returns the outcome to the job runner, which
+records it.
 """
 from __future__ import annotations
 
@@ -20,9 +21,8 @@ import time
 import traceback
 from pathlib import Path
 
-from core import db as dbmod
 from core.errors import UserError
-from core.runs import latest_checkpoint, read_status, write_json_atomic
+from core.folders import latest_checkpoint, read_status, write_json_atomic
 from core.train import config as configmod
 from core.train import speedups
 from core.workspace import Workspace
@@ -326,13 +326,10 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:400]} (traceback in train.log)"
 
 
-def main(folder: str | Path) -> int:
-    """Run one run folder to its end; the exit code is 0 completed, 1 failed, 3 stopped."""
-    from core import runs
-
+def run_job(db, ws: Workspace, run_id: str, folder: Path) -> tuple[str, str | None]:
+    """Run one run folder to its end (the `train` job's entry point); returns (completed | stopped |
+    failed, error), also written to status.json."""
     folder = Path(folder).resolve()
-    ws = Workspace(folder.parent.parent)
-    db = dbmod.connect(ws.db_path)
     ctx: RunContext | None = None
 
     def on_sigterm(signum, frame):
@@ -363,5 +360,4 @@ def main(folder: str | Path) -> int:
         status["progress"] = 1.0
     write_json_atomic(folder / "status.json", status)
     print(f"[tunelab] run {state}" + (f": {error}" if error else ""), flush=True)
-    runs.finish(db, folder.name, state, error)
-    return {"completed": 0, "stopped": 3}.get(state, 1)
+    return state, error
