@@ -3,13 +3,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import overview
+from core import jobs, overview
 from pages import _ui
 
 _ui.guard("home")
 st.title("tunelab")
 st.caption("Curate data → train → collect human preferences → RLHF → evaluate. All on this machine.")
 
+jobs.reconcile(_ui.db())  # once per rerun: a run whose process died shows as interrupted, queued jobs start
 summary = overview.pipeline_summary(_ui.db())
 c = st.columns(5)
 c[0].metric("Datasets", summary["datasets"], help=f"{summary['dataset_versions']} versions")

@@ -1,7 +1,9 @@
 """Runs: every experiment in one table, a live view of one run (progress, curves, log, stop and resume),
-and a comparison of several runs (overlaid curves, and the config keys that differ).
+a comparison of several runs (overlaid curves, and the config keys that differ), and the Jobs view: every
+background job (runs, evals, campaign generation) in the one queue, with a Stop button.
 
-The page only reads run folders and the DB; it never holds a training model. Viewers see it read-only."""
+The page only reads run folders and the DB; it never holds a training model. Each rerun (of the page or
+of its refreshing fragment) reconciles the jobs once, since reads change nothing. Viewers see it read-only."""
 import time
 
 import altair as alt
@@ -9,12 +11,13 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from core import cost, runs
+from core import cost, jobs, runs
 from core.train import config
 from pages import _ui
 
+ACTORS = ("admin", "engineer")  # may stop, resume and retry; viewers only look
 user = _ui.guard("runs")
-can_act = user.role in ("admin", "engineer")
+can_act = user.role in ACTORS
 st.title("Runs")
 conn, ws = _ui.db(), _ui.ws()
 
@@ -90,10 +93,47 @@ def show_charts(frames: dict[str, list[dict]], key: str) -> None:
                     curves(frames, "grad_norm", "train", "gradient norm")], where=box)
 
 
+def _stop_job(job_id: int) -> None:
+    """The Stop button's callback: it runs before the page's guard, so it checks the role itself."""
+    who = _ui.allowed("runs")
+    if who is None or who.role not in ("admin", "engineer"):
+        return
+    with _ui.user_errors():
+        jobs.stop(conn, job_id, wait=False)
+
+
+def jobs_view() -> None:
+    """Every job, newest first; it refreshes itself while any is queued or running."""
+    active = any(j.status in jobs.ACTIVE for j in jobs.list_jobs(conn))
+
+    @st.fragment(run_every=2 if active else None)
+    def view() -> None:
+        can_act = _ui.guard("runs").role in ACTORS  # a fragment rerun skips the page's guard; roles change
+        jobs.reconcile(conn)
+        found = jobs.list_jobs(conn)
+        if not found:
+            st.caption("No jobs yet.")
+            return
+        st.dataframe(pd.DataFrame([{
+            "job": j.id, "kind": j.kind, "of": j.target, "status": j.status, "backend": j.backend,
+            "progress": 1.0 if j.status == "completed" else float(j.progress().get("progress") or 0.0),
+            "message": j.message(), "elapsed": _duration(j.seconds), "error": j.error} for j in found]),
+            hide_index=True, width="stretch",
+            column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
+        if can_act:
+            for j in (j for j in found if j.status in jobs.ACTIVE):
+                st.button("Stop", key=f"stop_job_{j.id}", on_click=_stop_job, args=(j.id,),
+                          help=f"Stop job {j.id} ({j.kind} {j.target}): SIGTERM, SIGKILL after 30 s")
+    view()
+
+
+jobs.reconcile(conn)  # once per page rerun: the reads below change nothing
 all_runs = runs.list_runs(conn)
 if not all_runs:
     st.info("No runs yet." + (" Launch one on the Launch run page or with `tunelab train CONFIG.yaml`."
                               if can_act else ""))
+    st.subheader("Jobs")
+    jobs_view()
     st.stop()
 
 st.dataframe(table(all_runs), hide_index=True, width="stretch")
@@ -101,7 +141,7 @@ st.dataframe(table(all_runs), hide_index=True, width="stretch")
 ids = [r.id for r in all_runs]
 selected = st.session_state.get("runs_selected")
 # A tab switch reruns the page, so only the tab on screen draws its charts (bench/ui.py: the Runs page).
-live_tab, compare_tab = st.tabs(["Run", "Compare"], key="runs_tab", on_change="rerun")
+live_tab, compare_tab, jobs_tab = st.tabs(["Run", "Compare", "Jobs"], key="runs_tab", on_change="rerun")
 
 with live_tab:
     run_id = st.selectbox("run", ids, index=ids.index(selected) if selected in ids else 0, key="runs_pick")
@@ -111,6 +151,8 @@ with live_tab:
 
     @st.fragment(run_every=2 if active else None)
     def live(run_id: str) -> None:
+        can_act = _ui.guard("runs").role in ACTORS  # a fragment rerun skips the page's guard; roles change
+        jobs.reconcile(conn)  # this fragment reruns alone every 2 s
         run = runs.get(conn, run_id)
         st_ = run.progress()
         step, total = st_.get("step", 0), st_.get("max_steps")
@@ -173,3 +215,7 @@ with compare_tab:
                                        for k, vals in differs.items()]), hide_index=True)
         else:
             st.caption("The configs are identical.")
+
+with jobs_tab:
+    if jobs_tab.open:
+        jobs_view()

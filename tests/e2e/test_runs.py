@@ -74,7 +74,7 @@ def test_engineer_launches_watches_and_stops_a_run(app, app_db, page, browser):
 
     page.get_by_role("button", name="Stop").click()
     expect(page.get_by_text("stopped").first).to_be_visible(timeout=60_000)
-    assert db.execute("SELECT status FROM runs WHERE id = 'r1'").fetchone()[0] == "stopped"
+    assert db.execute("SELECT status FROM jobs WHERE kind = 'train' AND target = 'r1'").fetchone()[0] == "stopped"
     expect(page.get_by_role("button", name="Resume")).to_be_visible()
 
     viewer = browser.new_context(viewport={"width": 1400, "height": 1000})
