@@ -129,3 +129,16 @@ def test_two_ray_train_workers_lower_the_loss_and_save_a_peft_adapter(sft_data, 
         before = base(**inputs).logits
         after = PeftModel.from_pretrained(base, final)(**inputs).logits
     assert not torch.allclose(before, after, atol=1e-4)
+
+
+@pytest.mark.timeout(300)
+def test_an_eval_runs_as_a_ray_job_in_its_own_folder(sft_data, ray_cluster):
+    from core import evaluate, jobs
+    db, ws, ref = sft_data
+    eval_id = evaluate.launch(db, ws, evaluate.EvalConfig(model="tiny", dataset=ref, limit=2, max_new_tokens=4,
+                                                          backend="ray", ray_address=ray_cluster.address))
+    job = jobs.find(db, "eval", str(eval_id))
+    assert job.backend == "ray" and job.ray_job_id and job.pid is None and job.status == "running"
+    row = evaluate.wait(db, eval_id, timeout_s=240)
+    assert row["status"] == "completed" and row["metrics"]["rows"] == 2, (row["error"], open(row["log"]).read()[-2000:])
+    assert "100.0% done" in (ws.home / "evals" / str(eval_id) / "job.log").read_text()
