@@ -73,7 +73,7 @@ def test_engineer_launches_watches_and_stops_a_run(app, app_db, page, browser):
     assert _step(page) > first
 
     page.get_by_role("button", name="Stop").click()
-    expect(page.get_by_text("stopped").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("stopped").filter(visible=True).first).to_be_visible(timeout=60_000)  # not the hidden Jobs tab
     assert db.execute("SELECT status FROM jobs WHERE kind = 'train' AND target = 'r1'").fetchone()[0] == "stopped"
     expect(page.get_by_role("button", name="Resume")).to_be_visible()
 
