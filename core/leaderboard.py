@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from core import evaluate, models, ratings
+from core import evaluate, models, ratings, untrusted
 from core.errors import UserError
 
 METRICS = ("loss", "perplexity", "exact_match", "rouge_l", "bleu", "chrf", "length_words", "reward",
@@ -128,10 +128,12 @@ def build(db, campaign: str | None = None, dataset: str | None = None, anchor: s
 
 
 def to_csv(rows: list[dict]) -> str:
+    """The rows as CSV for a spreadsheet; model, data and run names come from users, so a text cell
+    that would run as a formula is neutralised (`untrusted.csv_cell`)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(COLUMNS), extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: untrusted.csv_cell(v) for k, v in row.items()} for row in rows)
     return out.getvalue()
 
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from core import auth, configs, db as dbmod, web, workspace
+from core import auth, configs, db as dbmod, untrusted, web, workspace
 from core.errors import UserError
 
 
@@ -90,11 +90,12 @@ def _this_path() -> str:
 
 @contextmanager
 def user_errors():
-    """Show a UserError with st.error instead of a traceback."""
+    """Show a UserError with st.error instead of a traceback; its message may quote a name or a record
+    from a file, so it loads no images either."""
     try:
         yield
     except UserError as exc:
-        st.error(str(exc))
+        st.error(untrusted.markdown(str(exc)))
 
 
 def config_form_fields(cls, key: str, *, skip=(), options: dict | None = None, defaults: dict | None = None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import configs, generate, models
+from core import configs, generate, models, untrusted
 from core.errors import UserError
 from pages import _ui
 
@@ -74,6 +74,6 @@ with compare_tab:
             with col, _ui.user_errors(), st.spinner(f"{spec}…"):
                 model, tokenizer = model_of(spec)
                 [answer] = generate.generate(model, tokenizer, [text.strip()], settings)
-                st.markdown(f"**{spec}**")
+                st.markdown(f"**{untrusted.markdown(spec)}**")
                 st.text(answer)
         st.caption(f"Same settings for both: {settings.to_dict()}")
