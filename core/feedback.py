@@ -451,13 +451,27 @@ def cast_vote(db, assignment_id: int, choice: str, strength: int | None = None, 
 
 
 def vote_and_next(db, assignment_id: int, choice: str, strength: int | None = None,
-                  timeout_s: float | None = None, now: float | None = None) -> Assignment | None:
-    """`cast_vote`, then claim the annotator's next pair, in one transaction: one labeling step."""
+                  timeout_s: float | None = None, now: float | None = None,
+                  annotator_id: int | None = None) -> Assignment | None:
+    """`cast_vote`, then claim the annotator's next pair, in one transaction: one labeling step.
+
+    Unlike `cast_vote`, only the pair on the annotator's screen counts: their open claim (and theirs,
+    when `annotator_id` is given). A second key press sent before the page drew the next pair names the
+    pair just voted on: it changes nothing, like a double click, and the next pair stays unvoted.
+    A pair skipped, expired, taken back or someone else's is refused with a UserError.
+    """
     strength = _check_choice(choice, strength)
     timeout_s = claim_timeout(db) if timeout_s is None else timeout_s
     now = time.time() if now is None else now
     with dbmod.transaction(db):
-        cid, uid, uname = _record_vote(db, assignment_id, choice, strength, now)
+        row = db.execute("SELECT campaign_id, annotator_id, annotator, status FROM assignments WHERE id = ?",
+                         [assignment_id]).fetchone()
+        if row is None or row[3] not in ("open", "voted") or annotator_id not in (None, row[1]):
+            raise UserError(f"assignment {assignment_id} is not the pair on your screen "
+                            f"({'gone' if row is None else row[3]}); the vote was not counted")
+        cid, uid, uname, status = row
+        if status == "open":
+            _record_vote(db, assignment_id, choice, strength, now)
         aid = _claim(db, cid, uid, uname, now - timeout_s, now)
     return None if aid is None else _assignment(db, aid)
 

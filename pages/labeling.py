@@ -2,10 +2,17 @@
 
 Keys: A / B = that answer is better, Shift+A / Shift+B = much better, T = tie, X = both bad,
 S = skip, U = undo the last vote. The voting part is a fragment, so a vote reruns only it.
+
+Integrity (SECURITY.md): the vote and skip buttons carry the assignment id in their keys, so a key press
+sent before the next pair was drawn still names the pair it was pressed for, and core ignores it once that
+pair is voted; every callback and fragment rerun checks the session and role again, so signing someone
+out or demoting them stops an open page; prompts, answers and guidelines come from files and models, so
+they go through `untrusted.markdown` and load no images.
 """
 import streamlit as st
 
-from core import feedback
+from core import feedback, untrusted
+from core.errors import UserError
 from pages import _ui
 
 user = _ui.guard("labeling")
@@ -19,24 +26,33 @@ if not campaigns:
     st.info("No campaign is ready to label yet. An engineer creates one on the Feedback page.")
     st.stop()
 names = [c.name for c in campaigns]
-chosen = st.selectbox("Campaign", names, key="label_campaign") if len(names) > 1 else names[0]
+# Buttons, not a selectbox or radio: Streamlit drops letter shortcuts while any <input> has the focus,
+# and both keep it after the choice, so the next key presses typed into the selector instead of voting.
+chosen = (st.segmented_control("Campaign", names, default=names[0], required=True, key="label_campaign",
+                                format_func=untrusted.markdown)
+          if len(names) > 1 else names[0])
 campaign = campaigns[names.index(chosen)]
 if campaign.guidelines:
     with st.expander("Guidelines"):
-        st.markdown(campaign.guidelines)
+        st.markdown(untrusted.markdown(campaign.guidelines))
 
 
 def _vote(assignment_id: int, choice: str, strength: int | None) -> None:
-    with _ui.user_errors():  # e.g. a click on a pair that an undo just took back
-        feedback.vote_and_next(conn, assignment_id, choice, strength)
+    if (acting := _ui.allowed("labeling")) is None:
+        return  # signed out or demoted since the page was drawn: the fragment's guard says so
+    try:
+        feedback.vote_and_next(conn, assignment_id, choice, strength, annotator_id=acting.id)
+    except UserError as exc:  # a press for a pair skipped or taken back since it was drawn
+        st.toast(str(exc))
 
 
 def _skip(assignment_id: int) -> None:
-    feedback.skip(conn, assignment_id)
+    if _ui.allowed("labeling") is not None:
+        feedback.skip(conn, assignment_id)
 
 
 def _undo() -> None:
-    if feedback.undo_last(conn, campaign.id, user.id) is None:
+    if (acting := _ui.allowed("labeling")) is not None and feedback.undo_last(conn, campaign.id, acting.id) is None:
         st.toast("Nothing to undo.")
 
 
@@ -46,13 +62,14 @@ def _answer(title: str, text: str) -> None:
         if len(text) > LONG_CHARS:
             st.text(text[:300] + " …")
             with st.expander(f"Show all ({len(text.split())} words)"):
-                st.markdown(text)
+                st.markdown(untrusted.markdown(text))
         else:
-            st.markdown(text or "*(empty answer)*")
+            st.markdown(untrusted.markdown(text) or "*(empty answer)*")
 
 
 @st.fragment
 def labeler() -> None:
+    user = _ui.guard("labeling")  # a fragment rerun skips the page's own guard
     assignment = feedback.next_pair(conn, campaign.id, user.id, user.name)
     done, total = feedback.annotator_progress(conn, campaign.id, user.id)
     st.progress(done / total if total else 1.0, text=f"{done} of {total}")
@@ -63,10 +80,10 @@ def labeler() -> None:
     *history, last = assignment.prompt
     with st.container(border=True):
         for m in history:
-            st.caption(m["role"])
-            st.markdown(m["content"])
+            st.caption(untrusted.markdown(m["role"]))
+            st.markdown(untrusted.markdown(m["content"]))
         st.markdown("**Prompt**")
-        st.markdown(last["content"])
+        st.markdown(untrusted.markdown(last["content"]))
     left, right = st.columns(2)
     with left:
         _answer("Answer A", assignment.left)
@@ -79,11 +96,11 @@ def labeler() -> None:
                ("B > A", "B is better", "vote_b", "B", ("right", 1)),
                ("B ≫ A", "B is much better", "vote_b2", "Shift+B", ("right", 2))]
     for col, (label, help_, key, shortcut, (choice, strength)) in zip(st.columns([1.5, 1, 1, 1.2, 1, 1.5]), buttons):
-        col.button(label, key=key, help=help_, shortcut=shortcut, on_click=_vote,
+        col.button(label, key=f"{key}_{assignment.id}", help=help_, shortcut=shortcut, on_click=_vote,
                    args=(assignment.id, choice, strength),
                    type="primary" if choice in ("left", "right") else "secondary", width="stretch")
     a, b, _ = st.columns([1, 1, 4])
-    a.button("Skip", key="skip", shortcut="S", on_click=_skip, args=(assignment.id,))
+    a.button("Skip", key=f"skip_{assignment.id}", shortcut="S", on_click=_skip, args=(assignment.id,))
     b.button("Undo", key="undo", shortcut="U", on_click=_undo, disabled=done == 0)
 
 

@@ -215,6 +215,15 @@ def wait_for_app(page) -> None:
         "!document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
 
 
+def wait_for_pair(page, conn, annotator_id: int) -> None:
+    """Wait until the vote buttons of the annotator's open pair are drawn. Their keys carry the pair's
+    assignment id, and the labeling page drops a key press made before they are there (it was meant for
+    the pair before), so a test that presses the moment the progress text changes would lose it."""
+    [(aid,)] = conn.execute("SELECT id FROM assignments WHERE annotator_id = ? AND status = 'open'",
+                            [annotator_id]).fetchall()
+    page.locator(f".st-key-vote_a_{aid}").wait_for()
+
+
 def load_json(path: Path):
     return json.loads(Path(path).read_text())
 

@@ -3,7 +3,7 @@ import pytest
 
 from core import auth, feedback, models
 from core.workspace import Workspace
-from tests.conftest import sign_in, wait_for_app
+from tests.conftest import sign_in, wait_for_app, wait_for_pair
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +32,7 @@ def test_annotator_votes_with_keyboard_and_undoes(app, page, tiny_model_dir):
     for n, key in enumerate(keys, 1):
         page.keyboard.press(key)
         page.get_by_text(f"{n} of 6").wait_for()
+        wait_for_pair(page, conn, ann.id)  # the next pair's own buttons, before its key press
     votes = conn.execute("SELECT choice, strength, left_model, annotator_id FROM votes ORDER BY cast_at").fetchall()
     assert [v[3] for v in votes] == [ann.id] * 5
     winners = [("tiny" if ch == "a" else "tiny-b") if ch in ("a", "b") else ch for ch, _, _, _ in votes]
