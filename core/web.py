@@ -136,8 +136,10 @@ def client_is_local(peer: str | None, headers) -> bool:
 
 
 def _safe_next(value: str | None) -> str:
-    """Where to go after signing in: a path on this server, never another site."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    """Where to go after signing in: a path on this server, never another site. Browsers drop tabs and
+    newlines from URLs and read a backslash as a slash, so '/<tab>/evil.example' is '//evil.example'."""
+    if (not value or not value.startswith("/") or any(c in value for c in "\\\t\r\n ")
+            or value.startswith("//") or urlsplit(value).netloc):
         return "/"
     return value
 
