@@ -120,6 +120,58 @@ def run_cli(*args: str, env_home: Path | None = None, stdin: str | None = None, 
                           text=True, env=env, cwd=REPO, timeout=timeout)
 
 
+def stop_leftover_runs(db) -> None:
+    """No run process outlives its test, even a failed one."""
+    from core import runs
+    for run in runs.list_runs(db):
+        if run.status in ("queued", "running"):
+            runs.stop(db, run.id, grace_s=5)
+
+
+# Questions with one-word answers: an eval dataset the tiny model can be scored on.
+QA = [("What is the capital of France?", "Paris."),
+      ("What is the capital of Germany?", "Berlin."),
+      ("How many legs does a spider have?", "Eight."),
+      ("What colour is the sky on a clear day?", "Blue."),
+      ("What is two plus two?", "Four."),
+      ("Which planet is called the red planet?", "Mars."),
+      ("What do bees make?", "Honey."),
+      ("What is frozen water called?", "Ice.")]
+
+
+def make_dataset(db, ws, tmp_path, name="qa"):
+    """An sft dataset of the QA pairs, split into train and validation (2 rows)."""
+    from core import datasets
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                       {"role": "assistant", "content": a}]}) for q, a in QA))
+    datasets.import_file(db, ws, path, name)
+    return datasets.split(db, ws, name, val=0.25, seed=0)
+
+
+STRENGTH = {"strong": 1300.0, "mid": 1100.0, "weak": 900.0}
+
+
+def arena_file(path, strengths: dict[str, float], n: int = 300, seed: int = 0, ties: float = 0.1):
+    """Chatbot Arena battle records drawn from known ratings, with conversations as Arena writes them.
+    Each vote's expected score (ties as half) is the Bradley–Terry probability of the true ratings."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    names = list(strengths)
+    with open(path, "w") as fh:
+        for i in range(n):
+            a, b = rng.choice(len(names), 2, replace=False)
+            p = 1 / (1 + 10 ** ((strengths[names[b]] - strengths[names[a]]) / 400))
+            # A tie scores half, so decisive votes use p' with (1 - ties)·p' + ties/2 = p.
+            decisive = (p - ties / 2) / (1 - ties)
+            winner = "tie" if rng.random() < ties else "model_a" if rng.random() < decisive else "model_b"
+            q = [{"role": "user", "content": f"question {i}"}]
+            fh.write(json.dumps({"model_a": names[a], "model_b": names[b], "winner": winner, "judge": f"j{i % 7}",
+                                 "conversation_a": q + [{"role": "assistant", "content": f"{names[a]} says {i}"}],
+                                 "conversation_b": q + [{"role": "assistant", "content": f"{names[b]} says {i}"}],
+                                 "tstamp": 1_700_000_000 + i}) + "\n")
+
+
 # ---------------------------------------------------------------- browser
 
 def _free_port() -> int:

@@ -7,26 +7,7 @@ import pytest
 
 from core import evaluate
 from core.errors import UserError
-from tests.conftest import run_cli
-
-QA = [("What is the capital of France?", "Paris."),
-      ("What is the capital of Germany?", "Berlin."),
-      ("How many legs does a spider have?", "Eight."),
-      ("What colour is the sky on a clear day?", "Blue."),
-      ("What is two plus two?", "Four."),
-      ("Which planet is called the red planet?", "Mars."),
-      ("What do bees make?", "Honey."),
-      ("What is frozen water called?", "Ice.")]
-
-
-def make_dataset(db, ws, tmp_path, name="qa"):
-    """An sft dataset of the QA pairs, split into train and validation (2 rows)."""
-    from core import datasets
-    path = tmp_path / f"{name}.jsonl"
-    path.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                       {"role": "assistant", "content": a}]}) for q, a in QA))
-    datasets.import_file(db, ws, path, name)
-    return datasets.split(db, ws, name, val=0.25, seed=0)
+from tests.conftest import QA, make_dataset, run_cli
 
 
 def test_text_metrics_match_hand_computed_values():

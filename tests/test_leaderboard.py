@@ -4,33 +4,11 @@ import csv
 import io
 import json
 
-import numpy as np
 import pytest
 
 from core import leaderboard
 from core.errors import UserError
-from tests.conftest import run_cli
-
-STRENGTH = {"strong": 1300.0, "mid": 1100.0, "weak": 900.0}
-
-
-def arena_file(path, strengths: dict[str, float], n: int = 300, seed: int = 0, ties: float = 0.1):
-    """Chatbot Arena battle records drawn from known ratings, with conversations as Arena writes them.
-    Each vote's expected score (ties as half) is the Bradley–Terry probability of the true ratings."""
-    rng = np.random.default_rng(seed)
-    names = list(strengths)
-    with open(path, "w") as fh:
-        for i in range(n):
-            a, b = rng.choice(len(names), 2, replace=False)
-            p = 1 / (1 + 10 ** ((strengths[names[b]] - strengths[names[a]]) / 400))
-            # A tie scores half, so decisive votes use p' with (1 - ties)·p' + ties/2 = p.
-            decisive = (p - ties / 2) / (1 - ties)
-            winner = "tie" if rng.random() < ties else "model_a" if rng.random() < decisive else "model_b"
-            q = [{"role": "user", "content": f"question {i}"}]
-            fh.write(json.dumps({"model_a": names[a], "model_b": names[b], "winner": winner, "judge": f"j{i % 7}",
-                                 "conversation_a": q + [{"role": "assistant", "content": f"{names[a]} says {i}"}],
-                                 "conversation_b": q + [{"role": "assistant", "content": f"{names[b]} says {i}"}],
-                                 "tstamp": 1_700_000_000 + i}) + "\n")
+from tests.conftest import STRENGTH, arena_file, run_cli
 
 
 def test_arena_and_alpaca_eval_imports_rank_as_expected(workspace, tmp_path):

@@ -1,6 +1,6 @@
 """The home page's figures: counts per stage and the leaderboard's top rows."""
 from core import feedback, overview
-from tests.test_leaderboard import STRENGTH, arena_file
+from tests.conftest import STRENGTH, arena_file
 
 
 def test_summary_counts_and_top_models(workspace, tmp_path):
@@ -19,7 +19,7 @@ def test_summary_counts_and_top_models(workspace, tmp_path):
 def test_top_models_from_an_eval_without_votes(tiny_model, tmp_path):
     """The home page skips the leaderboard only when there is nothing to rank: one completed eval is enough."""
     from core import evaluate
-    from tests.test_evaluate import make_dataset
+    from tests.conftest import make_dataset
     db, ws, name = tiny_model
     make_dataset(db, ws, tmp_path)
     assert overview.pipeline_summary(db)["leaderboard_top"] == []

@@ -10,8 +10,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli, wait_until
-from tests.test_train import stop_leftover_runs
+from tests.conftest import REPO, run_cli, stop_leftover_runs, wait_until
 
 SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from core.errors import UserError
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, stop_leftover_runs
 
 SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 
@@ -20,14 +20,6 @@ def sft_data(tiny_model):
     version = datasets.import_file(db, ws, SAMPLE, "acme").version
     yield db, ws, datasets.split(db, ws, version.ref, val=0.1, seed=0).ref
     stop_leftover_runs(db)
-
-
-def stop_leftover_runs(db) -> None:
-    """No run process outlives its test, even a failed one."""
-    from core import runs
-    for run in runs.list_runs(db):
-        if run.status in ("queued", "running"):
-            runs.stop(db, run.id, grace_s=5)
 
 
 def tiny_config(ref: str, **overrides) -> dict:

@@ -7,9 +7,7 @@ import pytest
 
 from core import auth, evaluate, feedback, models
 from core.workspace import Workspace
-from tests.conftest import sign_in, wait_for_app
-from tests.test_evaluate import make_dataset
-from tests.test_leaderboard import arena_file
+from tests.conftest import arena_file, make_dataset, sign_in, wait_for_app
 
 pytestmark = pytest.mark.e2e
 

@@ -5,8 +5,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import REPO, sign_in, wait_for_app
-from tests.test_train import stop_leftover_runs
+from tests.conftest import REPO, sign_in, stop_leftover_runs, wait_for_app
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse"
