@@ -29,18 +29,27 @@ def _print_json(doc) -> None:
 
 @contextmanager
 def progress_bar(desc: str):
-    """A tqdm bar on stderr, fed by core's `progress(fraction, message)` callbacks."""
+    """The one progress display of the CLI, fed by core's `progress(fraction, message)` callbacks: a tqdm
+    bar on stderr when stderr is a terminal, else (a log, CI, a pipe) one summary line at the end, since
+    every redraw of a bar would be a line of its own there."""
+    import time
+
     from tqdm import tqdm
-    bar = tqdm(total=100, desc=desc, file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+    bar = tqdm(total=100, desc=desc, file=sys.stderr, disable=None,  # None: draw only on a tty
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+    drawing, last, started = not bar.disable, [""], time.monotonic()
 
     def update(fraction: float, message: str = "") -> None:
-        bar.n = round(100 * max(0.0, min(1.0, fraction)))
-        bar.set_postfix_str(message)
-        bar.refresh()
+        last[0] = message or last[0]
+        if drawing:
+            bar.n = round(100 * max(0.0, min(1.0, fraction)))
+            bar.set_postfix_str(message)
     try:
         yield update
     finally:
         bar.close()
+    if not drawing:  # not after an error: its message says what happened
+        print(f"{desc}: {last[0] or 'done'} in {time.monotonic() - started:.1f} s", file=sys.stderr)
 
 
 def _table(rows: list[dict], columns: list[str]) -> None:
