@@ -195,8 +195,13 @@ def test_generate_flags_go_through_the_bridge(tiny_model):
 
 
 @pytest.mark.timeout(120)
-def test_the_form_helper_draws_each_field_and_its_values_check_as_yaml():
+def test_the_form_helper_draws_each_field_and_its_values_check_as_yaml(monkeypatch):
+    import sys
+
     from streamlit.testing.v1 import AppTest
+    # AppTest runs the page as sys.modules["__main__"] and leaves it there; a later test's spawned
+    # processes would then re-run that page instead of their own code.
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
 
     def page():
         import streamlit as st
