@@ -50,8 +50,8 @@ def main() -> None:
              for key, file, title, icon in PAGES if (here / file).exists()]
     nav = st.navigation(pages)
     wanted = st.session_state.pop(_ui.WANTED_PAGE, None)  # a page's URL opened before the entry had run
-    if wanted and user.can_open(wanted):
-        st.switch_page(next(p for p in pages if p.url_path == wanted))
+    if wanted and user.can_open(wanted[0]):
+        st.switch_page(next(p for p in pages if p.url_path == wanted[0]), query_params=wanted[1])
 
     with st.sidebar:
         if user is auth.LOCAL_ADMIN:

@@ -53,8 +53,9 @@ def guard(page: str) -> auth.User:
     if not st.session_state.get(ENTRY_RAN):
         # A new server whose first visitor opens a page's URL (a /labeling link) runs that file by
         # itself, in Streamlit's old pages/ folder mode, until streamlit_app.py has called st.navigation:
-        # no sign-in, a raw file list in the sidebar. Go through the entry instead; it comes back here.
-        st.session_state[WANTED_PAGE] = page
+        # no sign-in, a raw file list in the sidebar. Go through the entry instead; it comes back here,
+        # with the query (a Leaderboard link's ?run=), which switching pages clears.
+        st.session_state[WANTED_PAGE] = (page, st.query_params.to_dict())
         st.switch_page("streamlit_app.py")
     user = current_user()
     if user is None or not user.can_open(page):

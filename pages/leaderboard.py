@@ -2,7 +2,6 @@
 training facts; read-only, the viewer's home."""
 import datetime as dt
 import json
-from pathlib import Path
 
 import altair as alt
 import pandas as pd
@@ -64,9 +63,8 @@ a.download_button("Download CSV", leaderboard.to_csv(rows), file_name="leaderboa
 b.download_button("Download JSON", json.dumps(board, indent=2, default=str), file_name="leaderboard.json",
                   mime="application/json", key="lb_json")
 
-runs_page = Path(__file__).with_name("runs.py")
 linked = [r for r in rows if r["run_id"]]
-if linked and user.can_open("runs") and runs_page.exists():
+if linked and user.can_open("runs"):
     st.subheader("Runs behind these rows")
     for r in linked:
         st.page_link("pages/runs.py", label=f"{r['model']}: run {r['run_id']} ({r['method']}, {r['data']})",

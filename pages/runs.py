@@ -139,12 +139,14 @@ if not all_runs:
 st.dataframe(table(all_runs), hide_index=True, width="stretch")
 
 ids = [r.id for r in all_runs]
-selected = st.session_state.get("runs_selected")
+# ?run=ID (the Leaderboard's links) opens that run; else the one just launched (the Launch page), else the newest.
+selected = st.query_params.get("run") or st.session_state.get("runs_selected")
 # A tab switch reruns the page, so only the tab on screen draws its charts (bench/ui.py: the Runs page).
 live_tab, compare_tab, jobs_tab = st.tabs(["Run", "Compare", "Jobs"], key="runs_tab", on_change="rerun")
 
 with live_tab:
     run_id = st.selectbox("run", ids, index=ids.index(selected) if selected in ids else 0, key="runs_pick")
+    st.query_params["run"] = run_id  # the URL names the run on screen, to share or reload
     # Only a queued or running run changes, so only its view refreshes itself: redrawing a finished run's
     # charts every 2 s kept a quarter of a core busy for as long as the page was open.
     active = next(r.status for r in all_runs if r.id == run_id) in ("queued", "running")

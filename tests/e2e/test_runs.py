@@ -5,7 +5,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import REPO, sign_in, stop_leftover_runs, wait_for_app
+from tests.conftest import REPO, App, sign_in, stop_leftover_runs, wait_for_app
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse"
@@ -90,3 +90,33 @@ def test_engineer_launches_watches_and_stops_a_run(app, app_db, page, browser):
         expect(vp.get_by_text("Not allowed")).to_be_visible()
     finally:
         viewer.close()
+
+
+@pytest.mark.timeout(300)
+def test_run_named_in_the_url_opens_and_the_url_follows_the_pick(app, app_db, page):
+    """The Leaderboard links to /runs?run=ID: that run opens, not the newest, and picking another run
+    puts it in the URL (to share or reload)."""
+    from core import runs, workspace
+    from core.workspace import Workspace
+    db, ws = app_db, Workspace(app.home)
+    workspace.set_setting(db, "max_concurrent_jobs", 0)  # a paused queue: the runs stay queued, nothing trains
+    config = {"method": "sft", "base_model": "tiny", "dataset": "acme", "max_steps": 1}
+    assert [runs.launch(db, ws, config, estimate=False) for _ in range(3)] == ["r1", "r2", "r3"]
+    shown = page.get_by_test_id("stMarkdown").locator("strong").filter(has_text=re.compile(r"^r\d+$"))
+
+    signed_in(page, app, "eve")
+    page.goto(f"{app.url}/runs?run=r2")
+    expect(shown).to_have_text("r2")
+    _pick(page, "run", "r1")
+    expect(shown).to_have_text("r1")
+    expect(page).to_have_url(re.compile(r"/runs\?run=r1$"))
+
+    page.goto(f"{app.url}/runs")
+    expect(shown).to_have_text("r3")  # no run named: the newest
+
+    fresh = App(app.home)  # a restarted server: a page URL opened first goes through the entry script
+    try:
+        page.goto(f"{fresh.url}/runs?run=r2")  # cookies ignore the port: still signed in
+        expect(shown).to_have_text("r2")
+    finally:
+        fresh.stop()
