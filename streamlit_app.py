@@ -8,8 +8,6 @@ Every page is listed here (st.navigation turns off the automatic pages/ discover
 open are hidden from its menu, and each page also checks the role itself, so opening a hidden page's
 URL shows "not allowed".
 """
-from pathlib import Path
-
 import streamlit as st
 
 # key, file, title, icon; the key is the URL path and the PAGE_ROLES key.
@@ -43,11 +41,10 @@ def main() -> None:
         st.navigation([st.Page(_no_access, title="tunelab", default=True)], position="hidden").run()
         st.stop()
 
-    here = Path(__file__).parent / "pages"
     landing = HOME_OF[user.role]
     pages = [st.Page(f"pages/{file}", title=title, icon=icon, url_path=key, default=key == landing,
                      visibility="visible" if user.can_open(key) else "hidden")
-             for key, file, title, icon in PAGES if (here / file).exists()]
+             for key, file, title, icon in PAGES]
     nav = st.navigation(pages)
     wanted = st.session_state.pop(_ui.WANTED_PAGE, None)  # a page's URL opened before the entry had run
     if wanted and user.can_open(wanted[0]):

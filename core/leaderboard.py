@@ -80,10 +80,8 @@ def default_anchor(db, names: list[str]) -> str | None:
 def build(db, campaign: str | None = None, dataset: str | None = None, anchor: str | None = None,
           rounds: int = ratings.ROUNDS, seed: int = 0) -> dict:
     """{'rows': [...], 'anchor', 'campaign', 'dataset', 'votes', 'updated_at'}; rows best first."""
-    battles = []
-    if "votes" in db.table_names():
-        from core import feedback
-        battles = feedback.battles(db, campaign)
+    from core import feedback
+    battles = feedback.battles(db, campaign)
     names = sorted({b["model_a"] for b in battles} | {b["model_b"] for b in battles})
     anchor = anchor or default_anchor(db, names)
     rated = {r.model: r for r in ratings.rate(battles, anchor=anchor, rounds=rounds, seed=seed)}

@@ -9,15 +9,14 @@ def _count(db, sql: str) -> int:
 
 
 def pipeline_summary(db, top: int = 5) -> dict:
-    """Counts per stage. A stage whose tables a module has not created yet counts as zero."""
-    tables = set(db.table_names())
+    """Counts per stage."""
     out = {
-        "datasets": _count(db, "SELECT count(*) FROM datasets") if "datasets" in tables else 0,
-        "dataset_versions": _count(db, "SELECT count(*) FROM dataset_versions") if "dataset_versions" in tables else 0,
+        "datasets": _count(db, "SELECT count(*) FROM datasets"),
+        "dataset_versions": _count(db, "SELECT count(*) FROM dataset_versions"),
         "runs_by_status": dict(db.execute("SELECT status, count(*) FROM jobs WHERE kind = 'train' "
                                           "GROUP BY status").fetchall()),
-        "campaigns": _count(db, "SELECT count(*) FROM campaigns") if "campaigns" in tables else 0,
-        "votes": _count(db, "SELECT count(*) FROM votes") if "votes" in tables else 0,
+        "campaigns": _count(db, "SELECT count(*) FROM campaigns"),
+        "votes": _count(db, "SELECT count(*) FROM votes"),
         "models": len(models.list_models(db)),
         "users": _count(db, "SELECT count(*) FROM users"),
     }

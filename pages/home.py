@@ -1,6 +1,4 @@
 """Home: the pipeline at a glance and the path for a newcomer. Imports no torch or transformers."""
-from pathlib import Path
-
 import streamlit as st
 
 from core import jobs, overview
@@ -40,5 +38,4 @@ for col, (title, page, text) in zip(cols, steps):
     with col.container(border=True):
         st.markdown(f"**{title}**")
         st.caption(text)
-        if Path(__file__).with_name(f"{page}.py").exists():
-            st.page_link(f"pages/{page}.py", label="Open", icon=":material/arrow_forward:")
+        st.page_link(f"pages/{page}.py", label="Open", icon=":material/arrow_forward:")
