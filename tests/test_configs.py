@@ -228,3 +228,18 @@ def test_the_form_helper_draws_each_field_and_its_values_check_as_yaml(monkeypat
     assert (cfg.learning_rate, cfg.lora.r, cfg.tuning, cfg.lora.target_modules) == (1e-4, 8, "full", ["q_proj", "v_proj"])
     at.text_input(key="t_learning_rate").set_value("fast").run()
     assert "form: key 'learning_rate': expected float, got str 'fast'" in str(at.exception[0].message)
+
+
+@pytest.mark.process
+@pytest.mark.timeout(60)
+def test_listing_the_methods_imports_no_transformers():
+    """config.methods() finds each method by its source, so the Launch page's list of methods does not pay
+    for importing transformers (runtime.py and distributed.py do, and are no methods)."""
+    import subprocess
+    import sys
+    code = ("import json, sys; from core.train import config; "
+            "print(json.dumps([sorted(config.methods()), 'transformers' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    found, imported = json.loads(done.stdout)
+    assert {"sft", "reward", "dpo", "grpo", "rloo"} <= set(found) and not {"runtime", "distributed"} & set(found)
+    assert not imported

@@ -12,9 +12,9 @@ through core/configs.py, which also holds the one type checker.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
-import pkgutil
 import types
 import typing
 from dataclasses import dataclass, field
@@ -109,21 +109,16 @@ class RunConfig:
 
 # ---------------------------------------------------------------- methods
 
-# Modules in core/train/ that are not methods.
-_NOT_METHODS = {"config", "runtime", "distributed"}
-
-
 @cache
 def methods() -> dict[str, types.ModuleType]:
-    """Method name -> module: every core/train/<name>.py that defines `Config` and `train`."""
-    import core.train
+    """Method name -> module: every core/train/<name>.py that defines `Config` and `train` at its top level.
+    Each file's source is read first, so that listing the methods (the Launch page does) imports no
+    transformers: runtime.py and distributed.py do at import, and they are not methods."""
     found = {}
-    for info in pkgutil.iter_modules(core.train.__path__):
-        if info.name.startswith("_") or info.name in _NOT_METHODS:
-            continue
-        module = importlib.import_module(f"core.train.{info.name}")
-        if hasattr(module, "Config") and hasattr(module, "train"):
-            found[info.name] = module
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        if {"Config", "train"} <= {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}:
+            found[path.stem] = importlib.import_module(f"core.train.{path.stem}")
     return found
 
 
