@@ -3,7 +3,7 @@
 A job process (core/jobs.py starts it) reports only through its folder: `status.json` (state, phase,
 progress, ...) rewritten whole, so that readers (the Runs page every 2 s, `jobs.reconcile`) never see
 half a file, and for training runs `checkpoint-N/` folders. Both the processes (core/train/,
-core/evaluate.py, core/feedback.py) and the job manager use this module, so neither imports the other.
+core/evaluate.py, core/feedback/generation.py) and the job manager use this module, so neither imports the other.
 """
 from __future__ import annotations
 

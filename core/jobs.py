@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {
     "train": "core.train.runtime:run_job",
     "eval": "core.evaluate:run_job",
-    "generate": "core.feedback:run_job",
+    "generate": "core.feedback.generation:run_job",
 }
 LOG_NAMES = {"train": "train.log"}  # a run's log keeps its name; every other kind writes job.log
 

@@ -1,0 +1,26 @@
+"""Human preference collection: campaigns, generation, assignment and votes, quality, import and export.
+
+A campaign is a set of prompts and two or more model specs (`NAME` or `NAME+RUN_ID`) (campaigns.py).
+A `generate` job samples N answers per prompt and model, then pairs are built per prompt across
+models; each pair wants K votes (generation.py). Gold pairs carry a known answer and are given to
+every annotator once, to measure accuracy (campaigns.add_gold). Annotators claim one pair at a time
+and vote on it (votes.py); agreement and per-annotator figures come from quality.py; votes leave as
+battles or TRL preference rows (exporting.py), and Arena or AlpacaEval judgments come in as an
+imported campaign (importing.py).
+
+Callers use `from core import feedback` and the names below.
+"""
+from core.feedback.campaigns import (GOLD_MODEL, Campaign, CampaignConfig, add_gold,
+                                     create_campaign, get_campaign, list_campaigns, prompts)
+from core.feedback.exporting import ExportPolicy, aggregate, arena_battles, battles, export
+from core.feedback.generation import build_pairs, start_generation, store_responses, wait_generation
+from core.feedback.importing import import_judgments
+from core.feedback.quality import quality
+from core.feedback.votes import (CHOICES, SHOWN_CHOICES, STRENGTHS, Assignment, annotator_progress, cast_vote,
+                                 next_pair, skip, undo_last, vote_and_next)
+
+__all__ = ["CHOICES", "GOLD_MODEL", "SHOWN_CHOICES", "STRENGTHS", "Assignment", "Campaign", "CampaignConfig",
+           "ExportPolicy", "add_gold", "aggregate", "annotator_progress", "arena_battles",
+           "battles", "build_pairs", "cast_vote", "create_campaign", "export", "get_campaign",
+           "import_judgments", "list_campaigns", "next_pair", "prompts", "quality", "skip", "start_generation",
+           "store_responses", "undo_last", "vote_and_next", "wait_generation"]

@@ -1,0 +1,117 @@
+"""Votes out: battles for the ratings, Chatbot Arena's battle format, and TRL preference rows.
+
+`aggregate` turns each pair's votes into at most one preference row under an `ExportPolicy`;
+`export` writes either format as JSONL and can register the TRL rows as a preference dataset.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core import agreement, workspace
+from core.errors import UserError
+from core.feedback.campaigns import get_campaign, list_campaigns
+from core.feedback.votes import STRENGTHS, WINNER_OF, vote_rows
+
+
+def battles(db, name: str | None = None) -> list[dict]:
+    """Every non-gold vote as a battle (model_a, model_b, winner, judge, tstamp), for the ratings."""
+    campaigns = [get_campaign(db, name)] if name else list_campaigns(db)
+    out = []
+    for c in campaigns:
+        out += [{"model_a": v["model_a"], "model_b": v["model_b"], "winner": WINNER_OF[v["choice"]],
+                 "judge": v["annotator"], "tstamp": v["cast_at"], "campaign": c.name}
+                for v in vote_rows(db, c.id)]
+    return out
+
+
+def arena_battles(db, name: str) -> list[dict]:
+    """Raw votes in Chatbot Arena's battle format, conversations included."""
+    c = get_campaign(db, name)
+    out = []
+    for v in vote_rows(db, c.id):
+        msgs = json.loads(v["messages_json"])
+        out.append({
+            "question_id": f"{c.name}:{v['prompt_id']}", "model_a": v["model_a"], "model_b": v["model_b"],
+            "winner": WINNER_OF[v["choice"]], "judge": v["annotator"], "tstamp": v["cast_at"],
+            "conversation_a": msgs + [{"role": "assistant", "content": v["text_a"]}],
+            "conversation_b": msgs + [{"role": "assistant", "content": v["text_b"]}],
+            "turn": sum(m["role"] == "user" for m in msgs), "anony": True,
+            "strength": STRENGTHS.get(v["strength"]), "seconds": v["seconds"], "left_model": v["left_model"],
+        })
+    return out
+
+
+@dataclass
+class ExportPolicy:
+    """How votes on one pair become one preference row (or none)."""
+    min_votes: int = field(default=1, metadata={"help": "Pairs with fewer votes are left out."})
+    min_agreement: float = field(default=0.5, metadata={"help": "Least share of a pair's votes that must agree with its majority."})
+    drop_ties: bool = field(default=True, metadata={"help": "Leave out pairs whose majority is a tie."})
+    drop_both_bad: bool = field(default=True, metadata={"help": "Leave out pairs whose majority is 'both bad'."})
+
+
+def aggregate(db, name: str, policy: ExportPolicy | None = None) -> tuple[list[dict], dict]:
+    """Preference rows in TRL's conversational format, and counts of what the policy kept and left out.
+
+    The winner is the strict majority label; `margin` is the mean vote strength toward the chosen side
+    (much = 2, slightly = 1, tie = 0, the other side negative), which TRL's reward trainer can use.
+    A kept tie or both-bad pair has margin 0 and its A answer as 'chosen'.
+    """
+    policy = policy or ExportPolicy()
+    c = get_campaign(db, name)
+    by_pair: dict[int, list[dict]] = defaultdict(list)
+    for v in vote_rows(db, c.id):
+        by_pair[v["pair_id"]].append(v)
+    rows, counts = [], defaultdict(int)
+    for votes in by_pair.values():
+        labels = [v["choice"] for v in votes]
+        top = agreement.majority(labels)
+        share = labels.count(top) / len(labels) if top else 0.0
+        reason = ("too_few_votes" if len(votes) < policy.min_votes else "no_majority" if top is None
+                  else "low_agreement" if share < policy.min_agreement
+                  else "tie" if top == "tie" and policy.drop_ties
+                  else "both_bad" if top == "both_bad" and policy.drop_both_bad else None)
+        if reason:
+            counts[f"dropped_{reason}"] += 1
+            continue
+        v0 = votes[0]
+        signed = [(v["strength"] or 0) * (1 if v["choice"] == "a" else -1 if v["choice"] == "b" else 0) for v in votes]
+        toward_a = sum(signed) / len(signed)
+        a_wins = top != "b"
+        chosen, rejected = (v0["text_a"], v0["text_b"]) if a_wins else (v0["text_b"], v0["text_a"])
+        rows.append({"prompt": json.loads(v0["messages_json"]),
+                     "chosen": [{"role": "assistant", "content": chosen}],
+                     "rejected": [{"role": "assistant", "content": rejected}],
+                     "margin": round(toward_a if top == "a" else -toward_a if top == "b" else 0.0, 4)})
+        counts["kept"] += 1
+    counts["pairs_with_votes"] = len(by_pair)
+    return rows, dict(counts)
+
+
+def export(db, ws, name: str, fmt: str, out: str | Path, policy: ExportPolicy | None = None,
+           register: str | None = None) -> dict:
+    """Write `trl` (aggregated preferences) or `battles` (raw votes) as JSONL; optionally register the
+    TRL rows as a preference dataset version. Returns what was written."""
+    out = workspace.export_target(ws, out)
+    if fmt == "trl":
+        rows, counts = aggregate(db, name, policy)
+    elif fmt == "battles":
+        if register:
+            raise UserError("--register: only the trl format becomes a dataset")
+        rows, counts = arena_battles(db, name), {}
+    else:
+        raise UserError(f"format {fmt!r}: expected trl or battles")
+    workspace.write_export(ws, out, lambda tmp: tmp.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"))
+    doc = {"campaign": name, "format": fmt, "out": str(out), "rows": len(rows), **counts}
+    if register:
+        if not rows:
+            raise UserError(f"campaign {name!r}: no pair passed the export policy, so there is nothing to register")
+        from core import datasets
+        version = datasets.register_rows(db, ws, register, rows, kind="preference", transform="feedback_export",
+                                         params=asdict(policy or ExportPolicy()), source=f"campaign:{name}")
+        doc["dataset"] = version.ref
+    return doc
