@@ -126,6 +126,7 @@ def test_last_admin_survives_a_race(workspace):
         c.close()
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_cli_users_add_racing_itself_exits_2(tmp_path):
     """Three `users add` of one name at once: one adds it, the others exit 2 (not 1 with IntegrityError)."""
@@ -150,6 +151,7 @@ def test_cli_users_add_racing_itself_exits_2(tmp_path):
     conn.close()
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_cli_disable_enable_remove_and_last_admin(tmp_path):
     home = tmp_path / "home"

@@ -54,6 +54,8 @@ def test_bad_role_and_last_admin(workspace):
         auth.set_role(conn, "root", "viewer")
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_cli_users_add_reads_password_stdin(tmp_path):
     home = tmp_path / "home"
     first = run_cli("users", "add", "root", "--role", "admin", "--password-stdin", env_home=home,

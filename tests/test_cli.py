@@ -44,12 +44,16 @@ def test_every_option_has_help():
     assert not undocumented
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_json_output_is_one_document(tmp_path):
     done = run_cli("models", "list", "--json", env_home=tmp_path / "home")
     assert done.returncode == 0
     json.loads(done.stdout)  # raises if anything else was printed
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_user_error_exit_2_and_stderr_only(tmp_path):
     done = run_cli("models", "prepare", "no-such-model", env_home=tmp_path / "home")
     assert done.returncode == 2 and "no-such-model" in done.stderr and done.stdout == ""

@@ -144,6 +144,7 @@ def acme(tiny_model):
             runs.stop(db, run.id, grace_s=5)
 
 
+@pytest.mark.process
 @pytest.mark.timeout(240)
 def test_train_flags_override_the_yaml_in_the_run_config(acme, tmp_path):
     db, ws, ref = acme
@@ -160,6 +161,7 @@ def test_train_flags_override_the_yaml_in_the_run_config(acme, tmp_path):
     assert json.loads(db.execute("SELECT config_json FROM runs WHERE id = ?", [run_id]).fetchone()[0])["lora"]["r"] == 16
 
 
+@pytest.mark.process
 @pytest.mark.timeout(240)
 def test_bad_train_flags_exit_2_naming_the_key(acme, tmp_path):
     db, ws, ref = acme
@@ -182,6 +184,7 @@ def test_bad_train_flags_exit_2_naming_the_key(acme, tmp_path):
     assert "--beta FLOAT" in shown.stdout  # a method's own keys are listed too
 
 
+@pytest.mark.process
 @pytest.mark.timeout(240)
 def test_generate_flags_go_through_the_bridge(tiny_model):
     _, ws, name = tiny_model

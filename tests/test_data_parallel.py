@@ -1,5 +1,6 @@
 """Data parallelism on this machine (num_processes: 2, DDP over gloo on CPU): both ranks train one run,
 metrics come from rank 0 alone, and a stop makes both save the same checkpoint and leave together."""
+import pytest
 
 from tests.conftest import REPO, wait_until
 
@@ -7,6 +8,8 @@ SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 def test_two_local_processes_train_one_run_and_stop_together(tiny_model):
     from core import datasets, runs
     db, ws, _ = tiny_model

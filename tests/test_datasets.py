@@ -292,6 +292,8 @@ def test_register_rows_checks_canonical_rows(workspace):
                                "preference", "feedback_export", {})
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_orphan_folders_are_ignored_and_cleaned(workspace, tmp_path):
     db, ws = workspace
     # What a crash between rename and commit leaves, and a dead writer's temp folder.
@@ -307,6 +309,8 @@ def test_orphan_folders_are_ignored_and_cleaned(workspace, tmp_path):
     assert sorted(p.name for p in (ws.datasets_dir / "o").iterdir()) == ["v1"]
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_killed_import_leaves_no_version(tmp_path):
     """SIGKILL while the version folder is being written: no DB row, and the next import is whole."""
     home = tmp_path / "home"

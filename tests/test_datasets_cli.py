@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import REPO, TEST_DATA, run_cli
 
 ACME = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_broken_line_3_exits_2_names_it_and_imports_nothing(tmp_path):
     home = tmp_path / "home"
     lines = ACME.read_text().splitlines()[:5]
@@ -27,6 +31,8 @@ def test_broken_line_3_exits_2_names_it_and_imports_nothing(tmp_path):
     assert (doc["imported"], doc["skipped"], doc["skipped_records"][0]["where"]) == (4, 1, "line 3")
 
 
+@pytest.mark.process
+@pytest.mark.timeout(300)
 def test_import_show_clean_split_export_with_json(tmp_path):
     home = tmp_path / "home"
     done = run_cli("data", "import", str(TEST_DATA / "alpaca_demo.json"), "--name", "alpaca",

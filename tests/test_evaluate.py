@@ -160,6 +160,8 @@ def test_run_eval_base_baselines_and_adapter(tiny_model, tiny_model_dir, tmp_pat
         evaluate.EvalConfig(**common, baseline="few-shot")
 
 
+@pytest.mark.process
+@pytest.mark.timeout(300)
 def test_cli_eval_runs_in_the_background_and_records_results(tiny_model, tmp_path):
     db, ws, name = tiny_model
     make_dataset(db, ws, tmp_path)

@@ -127,6 +127,7 @@ def import_fails(home, path, dataset: str, says: list[str]) -> None:
         assert text in error, error
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name, content, says", BAD_FILES, ids=[case[0] for case in BAD_FILES])
 def test_bad_file_exits_2_naming_file_and_record_and_writes_nothing(home, tmp_path, name, content, says):
@@ -137,6 +138,7 @@ def test_bad_file_exits_2_naming_file_and_record_and_writes_nothing(home, tmp_pa
     assert_nothing_written(home, before)
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_a_failed_new_version_leaves_the_dataset_as_it_was(home, tmp_path):
     home, before = home
@@ -147,6 +149,7 @@ def test_a_failed_new_version_leaves_the_dataset_as_it_was(home, tmp_path):
     assert_nothing_written(home, before)
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_a_million_bad_lines_are_counted_not_all_kept(home, tmp_path):
     """A hostile file of tiny bad lines: the report lists 50 and counts the rest."""
@@ -171,6 +174,7 @@ def imported_rows(home, path, name: str, *extra: str) -> list[dict]:
             .read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_files_that_import_correctly(tmp_path):
     """What the old reader choked on or a demanding user sends: big CSV cells, BOMs, CRLF, a huge line,
@@ -228,6 +232,7 @@ def peak_rss_mb(path, home, name: str) -> float:
     return int(kilobytes) / 1024
 
 
+@pytest.mark.process
 @pytest.mark.timeout(300)
 def test_50_mb_jsonl_import_peaks_within_4x_the_file(tmp_path):
     """Measured: the peak RSS of the real `tunelab data import` process on a 50 MB JSONL file, minus the

@@ -36,6 +36,7 @@ def small_eval(ref: str):
     return evaluate.EvalConfig(model="tiny", dataset=ref, limit=2, max_new_tokens=4)
 
 
+@pytest.mark.process
 @pytest.mark.timeout(400)
 def test_a_run_and_an_eval_share_one_queue_and_the_cli_lists_shows_and_stops_them(sft_data):
     from core import evaluate, jobs, runs, workspace
@@ -74,6 +75,7 @@ def test_a_run_and_an_eval_share_one_queue_and_the_cli_lists_shows_and_stops_the
     assert missing.returncode == 2 and missing.stdout == "" and "no job 999" in missing.stderr
 
 
+@pytest.mark.process
 @pytest.mark.timeout(300)
 def test_reads_change_nothing_until_reconcile(sft_data):
     from core import evaluate, jobs, runs

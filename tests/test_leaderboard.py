@@ -11,6 +11,8 @@ from core.errors import UserError
 from tests.conftest import STRENGTH, arena_file, run_cli
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_arena_and_alpaca_eval_imports_rank_as_expected(workspace, tmp_path):
     _, ws = workspace
     arena_file(tmp_path / "battles.jsonl", STRENGTH)
@@ -55,6 +57,8 @@ def test_arena_and_alpaca_eval_imports_rank_as_expected(workspace, tmp_path):
         leaderboard.build(conn, campaign="nope")
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 def test_demo_then_votes_fill_one_leaderboard(tiny_model, tmp_path):
     """`tunelab demo` on the tiny model: a real LoRA run, four eval runs, and the leaderboard that joins them;
     then Arena votes between the base and the fine-tuned model land on the same rows."""

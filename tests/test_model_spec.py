@@ -63,6 +63,7 @@ def train(db, ws, **config) -> str:
     return run_id
 
 
+@pytest.mark.process
 @pytest.mark.timeout(400)
 def test_a_reward_run_is_scored_with_never_chatted_with(tiny_data):
     """The Playground listed a LoRA reward run as a chat adapter; its choices come from `chat_choices` now."""
@@ -82,6 +83,7 @@ def test_a_reward_run_is_scored_with_never_chatted_with(tiny_data):
     assert done.returncode == 2 and "reward model" in done.stderr, done.stderr
 
 
+@pytest.mark.process
 @pytest.mark.timeout(600)
 def test_a_full_sft_run_is_a_model_like_any_other(tiny_data, tiny_model_dir):
     db, ws, sft_ref, _ = tiny_data
@@ -127,6 +129,7 @@ def test_a_full_sft_run_is_a_model_like_any_other(tiny_data, tiny_model_dir):
         ModelSpec("tiny-b", run_id).check(db, ws)
 
 
+@pytest.mark.process
 @pytest.mark.e2e
 @pytest.mark.timeout(400)
 def test_the_playground_offers_no_reward_run(app, tiny_data, page):

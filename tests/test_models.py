@@ -7,6 +7,8 @@ from core import generate, models
 from tests.conftest import run_cli
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_bundled_model_is_listed(tmp_path):
     done = run_cli("models", "list", "--json", env_home=tmp_path / "home")
     assert done.returncode == 0, done.stderr
@@ -21,6 +23,8 @@ def test_add_local_records_params_and_template(tiny_model, tiny_model_dir):
     assert "<|im_start|>" in info.chat_template
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_add_folder_without_config_exits_2(tmp_path, tiny_model_dir):
     folder = tmp_path / "noconfig"
     shutil.copytree(tiny_model_dir, folder)
@@ -29,6 +33,8 @@ def test_add_folder_without_config_exits_2(tmp_path, tiny_model_dir):
     assert done.returncode == 2 and "config.json" in done.stderr
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_add_folder_without_tokenizer_exits_2(tmp_path, tiny_model_dir):
     folder = tmp_path / "notok"
     folder.mkdir()
@@ -62,6 +68,8 @@ def test_sampling_is_seeded(tiny_model):
     assert generate.generate(model, tok, ["Hello"], s) == generate.generate(model, tok, ["Hello"], s)
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_prepare_once_and_generate_paris(bundled_model_dir, tmp_path):
     """The real bundled model, converted once (the session fixture), answers with the chat template."""

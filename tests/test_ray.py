@@ -47,6 +47,8 @@ def tiny_config(ref: str, **overrides) -> dict:
 
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_backend_keys_are_checked_before_launch(sft_data):
     from core import runs
     db, ws, ref = sft_data
@@ -59,6 +61,8 @@ def test_backend_keys_are_checked_before_launch(sft_data):
     assert runs.list_runs(db) == []
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 def test_ray_runs_fill_their_run_folder_and_stop_from_the_cli(sft_data, ray_cluster, monkeypatch):
     """Two jobs side by side: a single-worker one trains to the end; a 2-worker one is stopped, and both its
     workers save the same checkpoint."""
@@ -99,6 +103,8 @@ def test_ray_runs_fill_their_run_folder_and_stop_from_the_cli(sft_data, ray_clus
     assert train[-1]["step"] <= step  # nothing trained past the checkpoint
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 def test_two_ray_train_workers_lower_the_loss_and_save_a_peft_adapter(sft_data, ray_cluster):
     import torch
     from peft import PeftModel
@@ -131,6 +137,7 @@ def test_two_ray_train_workers_lower_the_loss_and_save_a_peft_adapter(sft_data, 
     assert not torch.allclose(before, after, atol=1e-4)
 
 
+@pytest.mark.process
 @pytest.mark.timeout(300)
 def test_an_eval_runs_as_a_ray_job_in_its_own_folder(sft_data, ray_cluster):
     from core import evaluate, jobs

@@ -75,6 +75,8 @@ def rlhf(tmp_path_factory, tiny_model_dir):
         db.close()
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 def test_reward_model_ranks_held_out_pairs_and_scores_answers(rlhf):
     from core import models, runs
     from core.train import reward
@@ -106,6 +108,8 @@ def test_reward_model_ranks_held_out_pairs_and_scores_answers(rlhf):
     assert bad.returncode == 2 and "no run 'r999'" in bad.stderr and bad.stdout == ""
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 def test_dpo_raises_the_reward_margin_and_accuracy(rlhf):
     from core import runs
 
@@ -127,6 +131,8 @@ def test_dpo_raises_the_reward_margin_and_accuracy(rlhf):
     assert (run.path / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 def test_grpo_raises_the_reward_models_score_and_rloo_trains(rlhf):
     from core import runs
 
@@ -152,6 +158,8 @@ def test_grpo_raises_the_reward_models_score_and_rloo_trains(rlhf):
             assert last > first + 0.1, (run_id, [round(m["reward"], 2) for m in train])
 
 
+@pytest.mark.process
+@pytest.mark.timeout(300)
 def test_online_rl_configs_are_checked_before_launch(rlhf):
     from core import runs
 
@@ -173,6 +181,8 @@ def test_online_rl_configs_are_checked_before_launch(rlhf):
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == before
 
 
+@pytest.mark.process
+@pytest.mark.timeout(300)
 def test_cost_estimates_count_what_each_method_computes(rlhf):
     from core import cost, models
     from core.train import config
@@ -191,6 +201,8 @@ def test_cost_estimates_count_what_each_method_computes(rlhf):
     assert grpo.tokens > 10 * 8 * 16  # 8 answers a step, each its prompt plus up to 16 tokens
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 def test_a_killed_dpo_run_resumes_from_its_checkpoint(rlhf):
     from core import jobs, runs
 
@@ -220,6 +232,8 @@ def test_a_killed_dpo_run_resumes_from_its_checkpoint(rlhf):
     assert (done.path / "final" / "adapter_config.json").exists()
 
 
+@pytest.mark.process
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_reward_model_on_the_bundled_model_and_real_preferences(bundled_model, tmp_path):
     """A few LoRA steps of a reward model on SmolLM2-135M with the sharegpt preference fixture."""

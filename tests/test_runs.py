@@ -29,6 +29,8 @@ def tiny_config(ref: str, **overrides) -> dict:
 
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 def test_sigkilled_run_is_interrupted_and_resumes_from_its_checkpoint(sft_data):
     from core import jobs, runs
     db, ws, ref = sft_data
@@ -58,6 +60,8 @@ def test_sigkilled_run_is_interrupted_and_resumes_from_its_checkpoint(sft_data):
     assert (run.path / "final" / "adapter_config.json").exists()
 
 
+@pytest.mark.process
+@pytest.mark.timeout(600)
 def test_stop_saves_a_checkpoint_and_the_queue_starts_the_next_run(sft_data):
     from core import runs, workspace
     db, ws, ref = sft_data
@@ -88,6 +92,8 @@ def test_stop_saves_a_checkpoint_and_the_queue_starts_the_next_run(sft_data):
     assert {r["id"]: r["status"] for r in listed} == {first: "stopped", second: "stopped", third: "stopped"}
 
 
+@pytest.mark.process
+@pytest.mark.timeout(300)
 def test_a_diverging_run_fails_and_says_why(sft_data, tmp_path):
     from core import runs
     db, ws, ref = sft_data

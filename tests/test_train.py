@@ -34,6 +34,8 @@ def _logits(model, tokenizer, text="Hello, how are you today?"):
         return model(**tokenizer(text, return_tensors="pt")).logits
 
 
+@pytest.mark.process
+@pytest.mark.timeout(300)
 def test_lora_sft_completes_and_its_adapter_changes_the_model(sft_data):
     import torch
     from peft import PeftModel
@@ -92,6 +94,8 @@ def test_lora_sft_completes_and_its_adapter_changes_the_model(sft_data):
     assert "past completed run" in cost.estimate(db, ws, cfg).basis
 
 
+@pytest.mark.process
+@pytest.mark.timeout(300)
 def test_full_sft_from_the_cli_changes_every_layer(sft_data, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -122,6 +126,8 @@ def test_full_sft_from_the_cli_changes_every_layer(sft_data, tmp_path):
     assert [(m["kind"], m["step"]) for m in metrics] == [("train", 1), ("train", 2), ("train", 3), ("eval", 3)]
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_bad_configs_name_the_key_and_exit_2(sft_data, tmp_path):
     db, ws, ref = sft_data
     cases = [
@@ -154,6 +160,8 @@ def test_bad_configs_name_the_key_and_exit_2(sft_data, tmp_path):
     assert done.returncode == 2 and "init_from" in done.stderr and done.stdout == ""
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_qlora_is_refused_on_cpu_before_launch(sft_data, tmp_path):
     import torch
     if torch.cuda.is_available():
@@ -199,6 +207,8 @@ def test_chatml_templates_get_generation_markers_without_changing_the_text(tiny_
     assert sft.mark_chatml("{{ messages[0]['content'] }}") is None
 
 
+@pytest.mark.process
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_a_few_lora_steps_on_the_bundled_model(bundled_model):
     import math

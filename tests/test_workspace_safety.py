@@ -85,6 +85,7 @@ def test_campaign_model_and_run_names_are_checked(workspace, tmp_path, tiny_mode
         models.ModelSpec("tiny", "../../x").folders(conn, ws)
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_models_add_name_with_a_path_exits_2(tmp_path, tiny_model_dir):
     done = run_cli("models", "add", str(tiny_model_dir), "--name", "../../outside", env_home=tmp_path / "home")
@@ -93,6 +94,7 @@ def test_models_add_name_with_a_path_exits_2(tmp_path, tiny_model_dir):
 
 # ---------------------------------------------------------------- 2. exports stay out of the workspace, written whole
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_export_refuses_paths_inside_the_workspace(tmp_path):
     home = tmp_path / "home"
@@ -123,6 +125,7 @@ def test_a_failed_export_leaves_the_old_file(workspace, tmp_path):
 
 # ---------------------------------------------------------------- 3. versions are checked against their hash on read
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_a_changed_version_file_is_refused_on_read(tmp_path):
     home = tmp_path / "home"
@@ -147,6 +150,7 @@ def test_a_changed_version_file_is_refused_on_read(tmp_path):
 
 # ---------------------------------------------------------------- 4. the workspace is private
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_workspace_is_private(tmp_path, monkeypatch):
     home = tmp_path / "home"
@@ -172,6 +176,7 @@ def test_workspace_is_private(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- 5-7. the database file
 
+@pytest.mark.process
 @pytest.mark.timeout(180)
 def test_missing_or_empty_db_beside_data_is_refused(tmp_path):
     home = tmp_path / "home"
@@ -196,6 +201,7 @@ def test_missing_or_empty_db_beside_data_is_refused(tmp_path):
     assert done.returncode == 0 and [d["ref"] for d in json.loads(done.stdout)] == ["acme@1"], done.stderr
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_damaged_db_is_refused_and_left_alone_even_in_an_empty_workspace(tmp_path):
     home = tmp_path / "home"

@@ -5,7 +5,7 @@ from playwright.sync_api import expect
 from core import auth
 from tests.conftest import sign_in, wait_for_app
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 
 def nav_labels(page) -> list[str]:
@@ -14,6 +14,7 @@ def nav_labels(page) -> list[str]:
             for a in page.locator('[data-testid="stSidebarNav"] a').all()]
 
 
+@pytest.mark.timeout(120)
 def test_home_renders_pipeline_in_local_mode(app, page):
     page.goto(app.url)
     page.get_by_text("Getting started").wait_for()
@@ -22,6 +23,7 @@ def test_home_renders_pipeline_in_local_mode(app, page):
         expect(page.get_by_test_id("stMetricLabel").filter(has_text=label)).to_have_count(1)
 
 
+@pytest.mark.timeout(120)
 def test_annotator_sees_only_labeling(app, page):
     conn = app.db()
     auth.add_user(conn, "root", "admin", "admin password")
@@ -36,6 +38,7 @@ def test_annotator_sees_only_labeling(app, page):
         page.get_by_text("Not allowed").wait_for()
 
 
+@pytest.mark.timeout(120)
 def test_wrong_password_refused(app, page):
     auth.add_user(app.db(), "root", "admin", "admin password")
     sign_in(page, app, "root", "not the password", expect_success=False)
@@ -43,6 +46,7 @@ def test_wrong_password_refused(app, page):
     assert page.get_by_text("Signed in as").count() == 0
 
 
+@pytest.mark.timeout(120)
 def test_viewer_opening_admin_url_is_refused(app, page):
     conn = app.db()
     auth.add_user(conn, "root", "admin", "admin password")
@@ -55,6 +59,7 @@ def test_viewer_opening_admin_url_is_refused(app, page):
     assert page.get_by_role("button", name="Add").count() == 0
 
 
+@pytest.mark.timeout(120)
 def test_a_page_link_opened_first_on_a_new_server_signs_in_then_opens_that_page(app, page):
     auth.add_user(app.db(), "root", "admin", "admin password")
     page.goto(f"{app.url}/runs")  # the server's first visitor, straight to a page's URL

@@ -4,7 +4,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import TEST_DATA, wait_for_app
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 
 def upload(page, path, name: str) -> None:
@@ -14,6 +14,7 @@ def upload(page, path, name: str) -> None:
     page.get_by_role("button", name="Import").click()
 
 
+@pytest.mark.timeout(180)
 def test_engineer_uploads_a_file_and_sees_format_stats_and_preview(app, page, tmp_path):
     page.goto(f"{app.url}/datasets")
     page.get_by_role("heading", name="Datasets").wait_for()

@@ -9,9 +9,10 @@ from core import auth, evaluate, feedback, models
 from core.workspace import Workspace
 from tests.conftest import arena_file, make_dataset, sign_in, wait_for_app
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 
+@pytest.mark.timeout(300)
 def test_viewer_sees_leaderboard_and_downloads_csv(app, page, tiny_model_dir, tmp_path):
     conn = app.db()
     ws = Workspace(app.home).ensure()

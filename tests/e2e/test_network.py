@@ -19,7 +19,7 @@ import pytest
 from core import auth
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, App, sign_in
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 PASSWORD = "correct horse battery"
 
 

@@ -7,7 +7,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import REPO, App, sign_in, stop_leftover_runs, wait_for_app
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 PASSWORD = "correct horse"
 
 
@@ -41,6 +41,7 @@ def app_db(app, tiny_model_dir):
     stop_leftover_runs(db)
 
 
+@pytest.mark.timeout(400)
 def test_engineer_launches_watches_and_stops_a_run(app, app_db, page, browser):
     db = app_db
 

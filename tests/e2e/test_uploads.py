@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import wait_for_app
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 BATTLE = {"model_a": "m1", "model_b": "m2", "winner": "model_a", "judge": "j",
           "prompt": "Say hi.", "response_a": "Hi!", "response_b": "Hello."}
