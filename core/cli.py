@@ -346,13 +346,9 @@ def cmd_feedback_create(args) -> None:
     from core.generate import SamplingSettings
     db, ws = _db_ws()
     if bool(args.prompts) == bool(args.prompts_file):
-        raise UserError("give --prompts DATASET or --prompts-file FILE (one prompt per line)")
-    pasted = None
-    if args.prompts_file:
-        try:
-            pasted = [line for line in open(args.prompts_file).read().splitlines() if line.strip()]
-        except OSError as exc:
-            raise UserError(f"{args.prompts_file}: {exc.strerror}") from None
+        raise UserError("give --prompts DATASET or --prompts-file FILE")
+    from core import datasets
+    pasted = datasets.read_prompts(args.prompts_file) if args.prompts_file else None
     config = configs.from_flags(feedback.CampaignConfig, args)
     settings = configs.from_flags(SamplingSettings, args)
     c = feedback.create_campaign(db, ws, args.name, args.models.split(","), prompts=pasted, dataset=args.prompts,
@@ -415,17 +411,7 @@ def cmd_feedback_import(args) -> None:
 def cmd_feedback_gold(args) -> None:
     from core import feedback
     db, _ = _db_ws()
-    from pathlib import Path
-    if not Path(args.file).is_file():
-        raise UserError(f"{args.file}: no such file")
-    rows = []
-    for n, line in enumerate(Path(args.file).read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{args.file} line {n}: not valid JSON ({exc.msg})") from None
-    print(f"added {feedback.add_gold(db, args.name, rows, source=args.file)} gold pairs to {args.name}")
+    print(f"added {feedback.add_gold_file(db, args.name, args.file)} gold pairs to {args.name}")
 
 
 # ---------------------------------------------------------------- training runs
@@ -707,7 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = fsub.add_parser("create", help="create a campaign and generate its answers in a background process")
     x.add_argument("name", help="campaign name")
     x.add_argument("--prompts", help="dataset whose prompts to use: NAME or NAME@VERSION")
-    x.add_argument("--prompts-file", help="a text file with one prompt per line (instead of --prompts)")
+    x.add_argument("--prompts-file", help="prompts from a file (instead of --prompts): .txt, one prompt a line, or "
+                   "any file `data import` reads (a prompt or instruction column, or any dataset's prompt turns)")
     x.add_argument("--models", required=True, help="comma-separated model specs: NAME or NAME+RUN_ID")
     configs.add_flags(x, CampaignConfig)
     configs.add_flags(x, SamplingSettings)
@@ -736,14 +723,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_feedback_export)
     x = fsub.add_parser("import", help="external judgments (Arena battles, AlpacaEval annotations) as a campaign")
-    x.add_argument("file", help="JSON or JSONL file")
+    x.add_argument("file", help="JSON, JSONL, CSV or Parquet file")
     x.add_argument("--format", required=True, choices=["arena", "alpaca_eval"], help="arena or alpaca_eval")
     x.add_argument("--campaign", required=True, help="campaign to create (or add to, if imported before)")
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_feedback_import)
-    x = fsub.add_parser("gold", help="add gold pairs (JSONL: prompt, chosen, rejected) to measure accuracy")
+    x = fsub.add_parser("gold", help="add gold pairs (prompt, chosen, rejected) to measure accuracy")
     x.add_argument("name", help="campaign name")
-    x.add_argument("file", help="JSONL file; 'chosen' is the known better answer")
+    x.add_argument("file", help="a preference file `data import` reads; 'chosen' is the known better answer")
     x.set_defaults(func=cmd_feedback_gold)
 
     x = msub.add_parser("merge", help="merge a LoRA run's adapter into its base as a new registered model")

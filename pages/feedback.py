@@ -5,9 +5,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import configs, feedback, jobs, models, untrusted, workspace
+from core import configs, datasets, feedback, jobs, models, untrusted, workspace
+from core.datasets import formats
 from core.generate import SamplingSettings
 from pages import _ui
+
+UPLOAD_TYPES = tuple(formats.FILE_TYPES)  # what the dataset importer reads: .json, .jsonl, .csv, .parquet
 
 user = _ui.guard("feedback")
 st.title("Feedback")
@@ -22,6 +25,9 @@ with st.expander("New campaign", expanded=not feedback.list_campaigns(conn)):
         chosen = st.multiselect("Models (two or more; MODEL+RUN is a run's result on that model)", specs)
         dataset = st.text_input("Prompts from a dataset (name or name@version)")
         pasted = st.text_area("…or paste prompts, one per line")
+        prompts_file = st.file_uploader("…or upload them: .txt (one a line), or a JSONL, JSON, CSV or Parquet file "
+                                        "with a prompt or instruction column (or any dataset's prompt turns)",
+                                        type=["txt", *UPLOAD_TYPES], key="prompts_file")
         left, right = st.columns(2)
         with left:
             config = _ui.config_form_fields(feedback.CampaignConfig, "cc", multiline={"guidelines"})
@@ -30,9 +36,13 @@ with st.expander("New campaign", expanded=not feedback.list_campaigns(conn)):
         submitted = st.form_submit_button("Create and generate", type="primary")
     if submitted:
         with _ui.user_errors():
-            lines = [p for p in pasted.splitlines() if p.strip()]
-            c = feedback.create_campaign(conn, ws, name, chosen, prompts=lines or None,
-                                         dataset=None if lines else (dataset.strip() or None),
+            given = [p for p in pasted.splitlines() if p.strip()] or None
+            if given is None and prompts_file is not None:
+                with workspace.saved_upload(prompts_file.name, prompts_file.getvalue(),
+                                            (".txt", *UPLOAD_TYPES)) as path:
+                    given = datasets.read_prompts(path, prompts_file.name)
+            c = feedback.create_campaign(conn, ws, name, chosen, prompts=given,
+                                         dataset=None if given is not None else (dataset.strip() or None),
                                          config=configs.from_mapping(feedback.CampaignConfig, config, "form"),
                                          settings=configs.from_mapping(SamplingSettings, sampling, "form"),
                                          created_by=user.id)
@@ -136,23 +146,22 @@ else:
 
     # ------------------------------------------------------------ gold pairs
     with st.expander("Add gold pairs"):
-        st.caption("JSONL with prompt, chosen, rejected: 'chosen' is the known better answer. Every annotator "
-                   "sees each gold pair once, mixed in with the rest.")
-        gold = st.file_uploader("Gold file", type=["jsonl"], key="gold_file")
+        st.caption("A preference file (JSONL, JSON, CSV or Parquet) with prompt, chosen, rejected: 'chosen' is the "
+                   "known better answer. Every annotator sees each gold pair once, mixed in with the rest.")
+        gold = st.file_uploader("Gold file", type=list(UPLOAD_TYPES), key="gold_file")
         if gold is not None and st.button("Add gold pairs"):
-            with _ui.user_errors():
-                lines = gold.getvalue().decode().splitlines()
-                n = feedback.add_gold(conn, selected, [json.loads(x) for x in lines if x.strip()], source=gold.name)
+            with _ui.user_errors(), workspace.saved_upload(gold.name, gold.getvalue(), UPLOAD_TYPES) as path:
+                n = feedback.add_gold_file(conn, selected, path, source_name=gold.name)
                 st.success(f"Added {n} gold pairs.")
 
 # ---------------------------------------------------------------- import
 with st.expander("Import external judgments"):
     with st.form("import"):
-        upload = st.file_uploader("Arena battles or AlpacaEval annotations (JSON or JSONL)", type=["json", "jsonl"])
+        upload = st.file_uploader("Arena battles or AlpacaEval annotations (JSON, JSONL, CSV or Parquet)",
+                                  type=list(UPLOAD_TYPES))
         fmt = st.radio("Format", ["arena", "alpaca_eval"], horizontal=True)
         target = st.text_input("Campaign name")
         if st.form_submit_button("Import") and upload is not None:
-            with _ui.user_errors(), workspace.saved_upload(upload.name, upload.getvalue(),
-                                                          (".json", ".jsonl")) as path:
-                doc = feedback.import_judgments(conn, path, fmt, target.strip())
+            with _ui.user_errors(), workspace.saved_upload(upload.name, upload.getvalue(), UPLOAD_TYPES) as path:
+                doc = feedback.import_judgments(conn, path, fmt, target.strip(), source_name=upload.name)
                 st.success(f"{doc['votes_added']} votes added, {doc['votes_updated']} updated, {doc['skipped']} skipped.")

@@ -12,14 +12,14 @@ Each version lives in `ws.datasets_dir/<name>/v<N>/` as `<split>.jsonl` files pl
 from core.datasets.cleaning import clean
 from core.datasets.exporting import EXPORT_FORMATS, export
 from core.datasets.formats import FORMATS, Problem
-from core.datasets.importing import ImportResult, import_file, register_rows
+from core.datasets.importing import ImportResult, import_file, read_prompts, read_rows, register_rows
 from core.datasets.inspection import prompt_messages
 from core.datasets.splitting import split
 from core.datasets.store import DatasetVersion, lineage, list_datasets, resolve, versions
 
 __all__ = ["FORMATS", "EXPORT_FORMATS", "DatasetVersion", "ImportResult", "Problem", "clean", "export",
-           "import_file", "lineage", "list_datasets", "prompts_of", "register_rows", "resolve", "split",
-           "versions"]
+           "import_file", "lineage", "list_datasets", "prompts_of", "read_prompts", "read_rows", "register_rows",
+           "resolve", "split", "versions"]
 
 
 def prompts_of(version: DatasetVersion, split: str = "train") -> list[list[dict]]:

@@ -264,7 +264,7 @@ def _json_list(text: str, pos: int, name: str, tick) -> Iterator[tuple[str, obje
 def _read_csv(path: Path, name: str, tick) -> Iterator[tuple[str, dict]]:
     # A cell may be as long as the file, which import bounds by upload_limit_mb; csv's default is 128 KiB.
     csv.field_size_limit(max(csv.field_size_limit(), path.stat().st_size + 1))
-    reader = csv.DictReader(_csv_lines(path, name, tick))
+    reader = csv.DictReader(text for _, text in text_lines(path, name, tick))
     start = 2  # the header is line 1
     try:
         for row in reader:
@@ -275,15 +275,17 @@ def _read_csv(path: Path, name: str, tick) -> Iterator[tuple[str, dict]]:
         raise UserError(f"{name}: line {reader.line_num}: not CSV: {exc}") from None
 
 
-def _csv_lines(path: Path, name: str, tick) -> Iterator[str]:
-    """A CSV record may span lines, so a bad line stops the whole file rather than one record."""
-    for number, text in _lines(path, tick):
+def text_lines(path: Path, name: str, tick=None) -> Iterator[tuple[int, str]]:
+    """(line number, text with its line end) of a CSV or text file (a prompts .txt); a line that is not
+    UTF-8 or holds a NUL byte raises UserError naming it. A CSV record may span lines, so a bad line
+    stops the whole file rather than one record."""
+    for number, text in _lines(path, tick or (lambda fraction: None)):
         if isinstance(text, Invalid):
             raise UserError(f"{name}: line {number}: {text}")
         if "\0" in text:
             raise UserError(f"{name}: line {number}: a NUL byte at column {text.index(chr(0)) + 1}: not a "
-                            "text file (UTF-16?); save it as UTF-8 CSV")
-        yield text
+                            "text file (UTF-16?); save it as UTF-8")
+        yield number, text
 
 
 def _maybe_json(value):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from core import workspace
-from core.datasets import formats, store
+from core.datasets import formats, inspection, store
 from core.errors import UserError
 
 Progress = Callable[[float, str], None]
@@ -134,3 +134,35 @@ def register_rows(db, ws, name: str, rows: list[dict], kind: str, transform: str
     formats.check_canonical(rows, kind)
     return store.write_version(db, ws, name, {"train": rows}, kind, transform, params, parent=parent,
                                source_name=source, report={"rows": len(rows)})
+
+
+def read_rows(path, fmt: str = "auto", name: str | None = None) -> list[dict]:
+    """The canonical rows of a file that feeds something other than a dataset version (gold pairs, a
+    campaign's prompts): read, detected and validated as import does it, except that the first bad
+    record raises a UserError naming the file (`name`, for an upload saved under another) and its line."""
+    path = Path(path)
+    label = name or path.name
+    if fmt != "auto" and fmt not in formats.FORMATS:
+        raise UserError(f"format {fmt!r}: choose auto or one of {', '.join(formats.FORMATS)}")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    records = formats.read_records(path, label)
+    head = list(itertools.islice(records, DETECT_RECORDS)) if fmt == "auto" else []
+    detected = formats.detect(head, {}, label) if fmt == "auto" else fmt
+
+    def refuse(problem: formats.Problem):
+        raise UserError(f"{label}: {problem} (read as {detected})") from None
+    return list(formats.normalize(itertools.chain(head, records), detected, {}, refuse))
+
+
+def read_prompts(path, name: str | None = None) -> list[list[dict]]:
+    """Prompt message lists from a file: a .txt file holds one prompt a line; any file import reads
+    gives the prompt turns of its rows, whatever its kind (a `prompt` or `instruction` column, a chat
+    ending with the user, or an SFT, preference or KTO dataset)."""
+    path = Path(path)
+    if path.suffix.lower() != ".txt":
+        return [inspection.prompt_messages(row) for row in read_rows(path, name=name)]
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    return [[{"role": "user", "content": text.rstrip("\r\n")}]
+            for _, text in formats.text_lines(path, name or path.name) if text.strip()]

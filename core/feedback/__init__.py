@@ -10,7 +10,7 @@ imported campaign (importing.py).
 
 Callers use `from core import feedback` and the names below.
 """
-from core.feedback.campaigns import (GOLD_MODEL, Campaign, CampaignConfig, add_gold,
+from core.feedback.campaigns import (GOLD_MODEL, Campaign, CampaignConfig, add_gold, add_gold_file,
                                      create_campaign, get_campaign, list_campaigns, prompts)
 from core.feedback.exporting import ExportPolicy, aggregate, arena_battles, battles, export
 from core.feedback.generation import build_pairs, start_generation, store_responses, wait_generation
@@ -20,7 +20,7 @@ from core.feedback.votes import (CHOICES, SHOWN_CHOICES, STRENGTHS, Assignment, 
                                  next_pair, skip, undo_last, vote_and_next)
 
 __all__ = ["CHOICES", "GOLD_MODEL", "SHOWN_CHOICES", "STRENGTHS", "Assignment", "Campaign", "CampaignConfig",
-           "ExportPolicy", "add_gold", "aggregate", "annotator_progress", "arena_battles",
+           "ExportPolicy", "add_gold", "add_gold_file", "aggregate", "annotator_progress", "arena_battles",
            "battles", "build_pairs", "cast_vote", "create_campaign", "export", "get_campaign",
            "import_judgments", "list_campaigns", "next_pair", "prompts", "quality", "skip", "start_generation",
            "store_responses", "undo_last", "vote_and_next", "wait_generation"]

@@ -159,7 +159,8 @@ def add_gold(db, name: str, rows: list[dict], source: str = "gold") -> int:
     """Add gold pairs from preference rows (prompt, chosen, rejected): the known answer is 'chosen'.
 
     They get random positions among the other pairs and random A/B order, and every annotator sees
-    each once, so they cannot be told apart from the rest.
+    each once, so they cannot be told apart from the rest. A file's rows come through
+    `add_gold_file`, which reads and checks them as dataset import does.
     """
     c = get_campaign(db, name)
     rng = random.Random()
@@ -178,6 +179,14 @@ def add_gold(db, name: str, rows: list[dict], source: str = "gold") -> int:
             else:
                 insert_pair(db, c.id, pid, rejected, chosen, None, "b", rng.random())
     return len(rows)
+
+
+def add_gold_file(db, name: str, path, source_name: str | None = None) -> int:
+    """Gold pairs from a preference file in any format import reads (JSONL, JSON, CSV, Parquet); a bad
+    record raises a UserError naming the file (`source_name`, for an upload) and its line."""
+    from core import datasets
+    rows = datasets.read_rows(path, "preference", source_name)
+    return add_gold(db, name, rows, source=source_name or str(path))
 
 
 # ---------------------------------------------------------------- the one INSERT of each row
