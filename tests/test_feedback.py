@@ -285,6 +285,8 @@ def test_campaign_from_dataset_prompts(two_models):
         feedback.create_campaign(conn, ws, "nope", ["tiny", "tiny-b"], dataset="no-such-dataset")
 
 
+@pytest.mark.process
+@pytest.mark.timeout(300)
 def test_generation_end_to_end_cli(two_models, tmp_path):
     """`feedback create --wait` generates with the tiny model in a separate process, then status and export."""
     conn, ws = two_models
@@ -322,6 +324,8 @@ def test_generation_end_to_end_cli(two_models, tmp_path):
     assert bad.returncode == 2 and "no-such" in bad.stderr
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_cli_gold(two_models, tmp_path):
     conn, ws = two_models
     make_campaign(conn, ws)

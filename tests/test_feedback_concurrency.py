@@ -4,6 +4,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import traceback
 
+import pytest
+
 from core import db as dbmod, feedback, models
 
 ANNOTATORS, VOTES = 20, 50
@@ -32,6 +34,8 @@ def annotate(db_path: str, campaign_id: int, uid: int, start, results) -> None:
         results.put((uid, -1, traceback.format_exc()))
 
 
+@pytest.mark.process
+@pytest.mark.timeout(300)
 def test_twenty_processes_thousand_votes(tiny_model, tiny_model_dir):
     conn, ws, _ = tiny_model
     models.add_local(conn, tiny_model_dir, "tiny-b")

@@ -5,9 +5,10 @@ from core import auth, feedback, models
 from core.workspace import Workspace
 from tests.conftest import sign_in, wait_for_app, wait_for_pair
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 
+@pytest.mark.timeout(180)
 def test_annotator_votes_with_keyboard_and_undoes(app, page, tiny_model_dir):
     conn = app.db()
     auth.add_user(conn, "root", "admin", "admin password")

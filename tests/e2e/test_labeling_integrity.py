@@ -11,7 +11,7 @@ from core import auth
 from core.workspace import Workspace
 from tests.conftest import ready_campaign, sign_in, wait_for_app, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 PASSWORD = "a long enough password"
 
 
