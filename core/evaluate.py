@@ -342,13 +342,12 @@ def reference_texts(db, ws: Workspace, reference: str | None, limit: int | None)
     if reference is None and not path.exists():
         raise UserError(f"no reference set given and the bundled {path} is missing")
     if path.suffix in (".jsonl", ".json") and path.is_file():
+        from core.datasets import formats
         texts = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                row = json.loads(line)
-                if not isinstance(row.get("text"), str):
-                    raise UserError(f"{path}:{n}: no 'text' field")
-                texts.append(row["text"])
+        for record in formats.read_records(path):
+            if not isinstance(record.data.get("text"), str):
+                raise UserError(f"{path.name}: {record.where}: no 'text' field")
+            texts.append(record.data["text"])
         label = path.name
     else:
         from core import datasets

@@ -148,3 +148,15 @@ def test_judgments_are_read_by_the_import_reader(workspace, tmp_path):
                                "response_a": "a", "response_b": "b"}) + "\n[1, 2\n")
     with pytest.raises(UserError, match=r"battles.jsonl: line 2: not JSON"):
         feedback.import_judgments(conn, bad, "arena", "jsonl-battles")
+
+
+def test_a_bad_line_in_an_eval_reference_file_is_named(workspace, tmp_path):
+    from core import evaluate
+    conn, ws = workspace
+    ref = tmp_path / "general.jsonl"
+    ref.write_text('{"text": "fine"}\n{"text": \n')
+    with pytest.raises(UserError, match=r"general.jsonl: line 2"):
+        evaluate.reference_texts(conn, ws, str(ref), None)
+    ref.write_text('{"text": "fine"}\n{"body": "no text"}\n')
+    with pytest.raises(UserError, match=r"general.jsonl: line 2: no 'text' field"):
+        evaluate.reference_texts(conn, ws, str(ref), None)
