@@ -29,7 +29,7 @@ HOME_OF = {"admin": "home", "engineer": "home", "annotator": "labeling", "viewer
 
 
 def main() -> None:
-    from core import auth, web
+    from tunelab import auth, web
     from pages import _ui
 
     st.set_page_config(page_title="tunelab", page_icon=":material/tune:", layout="wide")
@@ -63,7 +63,7 @@ def main() -> None:
 
 
 def _no_access() -> None:
-    from core import auth
+    from tunelab import auth
     from pages import _ui
     if auth.has_users(_ui.db()):
         _ui.go_to_sign_in()
@@ -77,7 +77,7 @@ def on_script_error(exc: Exception) -> bool:
     """What a page's uncaught exception shows. A UserError is something a signed-in user can fix: its
     message (a changed dataset file, say). A signed-in admin or engineer sees any other traceback (it is
     their server); anyone else sees one line, and the details go to the server's log."""
-    from core.errors import UserError
+    from tunelab.errors import UserError
     try:
         from pages import _ui
         user = _ui.current_user()
@@ -97,7 +97,7 @@ def on_script_error(exc: Exception) -> bool:
 if __name__ == "__main__":
     main()
 else:
-    from core import web
+    from tunelab import web
 
     app = st.App(__file__, routes=web.routes(), on_script_error=on_script_error,
                  middleware=web.middleware(bind_address=lambda: st.get_option("server.address")))

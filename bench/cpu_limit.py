@@ -33,7 +33,7 @@ from train_throughput import ALPACA, model_dir, summary, tunelab_setup
 def peak_matmul_flops() -> tuple[float, dict]:
     import torch
 
-    from core import cost
+    from tunelab import cost
     device = "cuda" if torch.cuda.is_available() else "cpu"
     found = {n: cost.matmul_flops(device, n, window_s=0.2)
              for n in (1024, 2048, 4096) + ((8192,) if device == "cuda" else ())}

@@ -11,15 +11,12 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from third_party import SHARED_DATA, require
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 DEMO = SHARED_DATA / "llamafactory" / "alpaca_en_demo.json"
 
 
@@ -51,7 +48,7 @@ def main() -> None:
     require(DEMO)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TUNELAB_HOME"] = str(Path(tmp) / "home")
-        from core import datasets, db, workspace
+        from tunelab import datasets, db, workspace
         ws = workspace.current()
         conn = db.connect(ws.db_path)
         path = Path(tmp) / "alpaca_100k.json"

@@ -10,7 +10,7 @@ import argparse
 import json
 import time
 
-from core import db, generate, models, workspace
+from tunelab import db, generate, models, workspace
 from third_party import SHARED_DATA, require
 
 MT_BENCH = SHARED_DATA / "fastchat" / "mt_bench_questions.jsonl"

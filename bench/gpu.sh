@@ -35,6 +35,7 @@ prepare() {
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform any -d "$GPU/wheels" "${pins[@]}"
+    python -m pip wheel -q --no-deps --no-build-isolation -w "$GPU/wheels" .  # tunelab itself (pure Python)
     python - "$GPU" "$alpaca" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
@@ -53,7 +54,7 @@ EOF
 
 run() {
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$GPU"/wheels/*.whl
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     python3 - "$GPU/smollm2" <<'EOF'
 import sys, torch

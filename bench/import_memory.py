@@ -17,7 +17,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +46,7 @@ def measure(path: Path, home: Path, name: str) -> tuple[float, float]:
             "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode; "
             "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t)")
     env = dict(os.environ, TUNELAB_HOME=str(home))
-    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "core.cli", "data", "import", str(path),
+    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "tunelab.cli", "data", "import", str(path),
                           "--name", name], capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
     rc, kb, seconds = out.split()
     if rc != "0":

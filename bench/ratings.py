@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from core import ratings
+from tunelab import ratings
 
 
 def simulate(votes: int, models: int, seed: int = 0) -> tuple[list[dict], np.ndarray]:

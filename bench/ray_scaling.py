@@ -49,9 +49,9 @@ def main() -> None:
 
 
 def run(args) -> None:
-    from core import datasets, models, runs
-    from core import db as dbmod
-    from core import workspace as wsmod
+    from tunelab import datasets, models, runs
+    from tunelab import db as dbmod
+    from tunelab import workspace as wsmod
 
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-ray-"))
     os.environ["TUNELAB_HOME"] = str(home)

@@ -30,14 +30,14 @@ def main() -> None:
     args = ap.parse_args()
     require(DPO_DEMO)
 
-    from core import db as dbmod, models, workspace
+    from tunelab import db as dbmod, models, workspace
     cache = Path(os.environ.get("TUNELAB_TEST_CACHE", Path.home() / ".cache" / "tunelab-tests"))
     cache_ws = workspace.Workspace(cache).ensure()
     model_dir = models.prepare(dbmod.connect(cache_ws.db_path), cache_ws, models.DEFAULT_MODEL)
 
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-")) / "home"
     os.environ["TUNELAB_HOME"] = str(home)
-    from core import datasets, runs
+    from tunelab import datasets, runs
     ws = workspace.current()
     db = dbmod.connect(ws.db_path)
     models.add_local(db, model_dir, "smollm2")

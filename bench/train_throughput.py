@@ -16,7 +16,7 @@ The setups (LoRA r=8 on all linear layers, batch 4, max_length 512 for the two T
            that the losses compare the setups, not step sizes (TRL's default 2e-5 is meant for full tuning).
   tuned    what a TRL expert writes by hand for this machine: packing (best-fit, padding-free) and no
            gradient checkpointing (memory allows it at this size).
-  tunelab  core.train.sft.train, our entry point, with tunelab's defaults (sft.Config) and nothing else
+  tunelab  tunelab.train.sft.train, our entry point, with tunelab's defaults (sft.Config) and nothing else
            set but the data, the epoch and no checkpoints; it runs in this process through a RunContext.
 --model tiny builds the tests' 2-layer random model (seconds, figures meaningless except as a smoke test);
 smollm2-135m-instruct uses the prepared bundled model (data/ or the tests' cache); PATH is any HF folder.
@@ -129,8 +129,8 @@ def trl_setup(which: str, path: Path, rows: list[dict], args, out: Path):
 
 def tunelab_setup(path: Path, rows: list[dict], args, home: Path, **overrides):
     """Our entry point in this process; returns (trained model, tokenizer, probe, trainer)."""
-    from core import datasets, db, models, workspace
-    from core.train import runtime, sft
+    from tunelab import datasets, db, models, workspace
+    from tunelab.train import runtime, sft
 
     ws = workspace.current()
     conn = db.connect(ws.db_path)

@@ -37,9 +37,9 @@ from playwright.sync_api import sync_playwright
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench import startup  # noqa: E402
-from core import auth, feedback, workspace  # noqa: E402
-from core import db as dbmod  # noqa: E402
-from core.train import config as configmod  # noqa: E402
+from tunelab import auth, feedback, workspace  # noqa: E402
+from tunelab import db as dbmod  # noqa: E402
+from tunelab.train import config as configmod  # noqa: E402
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, App, sign_in, wait_for_app  # noqa: E402
 
 GOAL_START_S, GOAL_VOTE_MS, GOAL_RUNS_S = 3.0, 300, 1.0

@@ -13,14 +13,11 @@ import argparse
 import multiprocessing as mp
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core import db as dbmod, feedback, workspace  # noqa: E402
+from tunelab import db as dbmod, feedback, workspace
 
 
 def annotator(db_path: str, campaign_id: int, uid: int, start, out) -> None:

@@ -19,8 +19,8 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
-from core import db as dbmod
-from core.errors import UserError
+from tunelab import db as dbmod
+from tunelab.errors import UserError
 
 ROLES = ("admin", "engineer", "annotator", "viewer")
 MAX_NAME_LENGTH = 64

@@ -11,13 +11,13 @@ import json
 import sys
 from contextlib import contextmanager
 
-from core.errors import UserError
+from tunelab.errors import UserError
 
 
 # ---------------------------------------------------------------- helpers shared by commands
 
 def _db_ws():
-    from core import db, workspace
+    from tunelab import db, workspace
     ws = workspace.current()
     return db.connect(ws.db_path), ws
 
@@ -65,7 +65,7 @@ def _table(rows: list[dict], columns: list[str]) -> None:
 # ---------------------------------------------------------------- models
 
 def cmd_models_list(args) -> None:
-    from core import models
+    from tunelab import models
     db, _ = _db_ws()
     rows = [{"name": m.name, "kind": m.kind, "source": m.source, "prepared": m.prepared, "path": m.path,
              "params": m.params, "size_bytes": m.size_bytes} for m in models.list_models(db)]
@@ -76,7 +76,7 @@ def cmd_models_list(args) -> None:
 
 
 def cmd_models_prepare(args) -> None:
-    from core import models
+    from tunelab import models
     db, ws = _db_ws()
     with progress_bar(f"preparing {args.name}") as update:
         path = models.prepare(db, ws, args.name, progress=update)
@@ -84,7 +84,7 @@ def cmd_models_prepare(args) -> None:
 
 
 def cmd_models_add(args) -> None:
-    from core import models
+    from tunelab import models
     db, _ = _db_ws()
     info = models.add_local(db, args.path, args.name)
     print(f"registered {info.name} ({info.params or '?'} parameters) from {info.path}")
@@ -93,7 +93,7 @@ def cmd_models_add(args) -> None:
 # ---------------------------------------------------------------- generate
 
 def cmd_generate(args) -> None:
-    from core import configs, generate, models
+    from tunelab import configs, generate, models
     db, ws = _db_ws()
     settings = configs.from_flags(generate.SamplingSettings, args)
     spec = models.ModelSpec.parse(f"{args.model}+{args.adapter}" if args.adapter else args.model).check(db, ws)
@@ -120,49 +120,49 @@ def _read_password(args) -> str:
 
 
 def cmd_users_add(args) -> None:
-    from core import auth
+    from tunelab import auth
     db, _ = _db_ws()
     user = auth.add_user(db, args.name, args.role, _read_password(args))
     print(f"added {user.name} ({user.role})")
 
 
 def cmd_users_list(args) -> None:
-    from core import auth
+    from tunelab import auth
     db, _ = _db_ws()
     rows = [{"name": u.name, "role": u.role, "disabled": u.disabled} for u in auth.list_users(db)]
     _print_json(rows) if args.json else _table(rows, ["name", "role", "disabled"])
 
 
 def cmd_users_role(args) -> None:
-    from core import auth
+    from tunelab import auth
     db, _ = _db_ws()
     auth.set_role(db, args.name, args.role)
     print(f"{args.name} is now {args.role}")
 
 
 def cmd_users_password(args) -> None:
-    from core import auth
+    from tunelab import auth
     db, _ = _db_ws()
     auth.set_password(db, args.name, _read_password(args))
     print(f"password of {args.name} changed")
 
 
 def cmd_users_disable(args) -> None:
-    from core import auth
+    from tunelab import auth
     db, _ = _db_ws()
     auth.disable_user(db, args.name)
     print(f"{args.name} is disabled and signed out")
 
 
 def cmd_users_enable(args) -> None:
-    from core import auth
+    from tunelab import auth
     db, _ = _db_ws()
     auth.enable_user(db, args.name)
     print(f"{args.name} is enabled")
 
 
 def cmd_users_remove(args) -> None:
-    from core import auth
+    from tunelab import auth
     db, _ = _db_ws()
     auth.remove_user(db, args.name)
     print(f"{args.name} is removed")
@@ -171,7 +171,7 @@ def cmd_users_remove(args) -> None:
 # ---------------------------------------------------------------- data
 
 def cmd_data_import(args) -> None:
-    from core import datasets
+    from tunelab import datasets
     db, ws = _db_ws()
     with progress_bar(f"importing {args.file}") as update:
         result = datasets.import_file(db, ws, args.file, args.name, fmt=args.format, mapping=args.map,
@@ -190,15 +190,15 @@ def cmd_data_import(args) -> None:
 
 
 def cmd_data_list(args) -> None:
-    from core import datasets
+    from tunelab import datasets
     db, _ = _db_ws()
     rows = datasets.list_datasets(db)
     _print_json(rows) if args.json else _table(rows, ["name", "latest", "kind", "rows", "versions", "last_step"])
 
 
 def cmd_data_show(args) -> None:
-    from core import datasets
-    from core.datasets import inspection
+    from tunelab import datasets
+    from tunelab.datasets import inspection
     db, ws = _db_ws()
     version = datasets.resolve(db, ws, args.ref)
     doc = inspection.dataset_overview(version)
@@ -227,14 +227,14 @@ def cmd_data_show(args) -> None:
 
 
 def cmd_data_export(args) -> None:
-    from core import datasets
+    from tunelab import datasets
     db, ws = _db_ws()
     for path in datasets.export(db, ws, args.ref, args.format, args.out):
         print(path)
 
 
 def cmd_data_clean(args) -> None:
-    from core import datasets
+    from tunelab import datasets
     db, ws = _db_ws()
     with progress_bar(f"cleaning {args.ref}") as update:
         reports = datasets.clean(db, ws, args.ref, dedup=args.dedup, threshold=args.threshold,
@@ -249,7 +249,7 @@ def cmd_data_clean(args) -> None:
 
 
 def cmd_data_split(args) -> None:
-    from core import datasets
+    from tunelab import datasets
     db, ws = _db_ws()
     version = datasets.split(db, ws, args.ref, val=args.val, test=args.test, seed=args.seed)
     if args.json:
@@ -266,7 +266,7 @@ def _eval_summary(row: dict) -> dict:
 
 
 def cmd_eval(args) -> None:
-    from core import configs, evaluate
+    from tunelab import configs, evaluate
     db, ws = _db_ws()
     config = configs.from_flags(evaluate.EvalConfig, args, {"model": args.model})
     eval_id = evaluate.launch(db, ws, config)
@@ -312,7 +312,7 @@ def _print_board(board: dict) -> None:
 
 
 def cmd_leaderboard(args) -> None:
-    from core import leaderboard
+    from tunelab import leaderboard
     db, _ = _db_ws()
     board = leaderboard.build(db, campaign=args.campaign, dataset=args.dataset, anchor=args.anchor)
     if args.json:
@@ -324,7 +324,7 @@ def cmd_leaderboard(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from core import leaderboard
+    from tunelab import leaderboard
     db, ws = _db_ws()
     train = {k: v for k, v in (("max_steps", args.max_steps),) if v is not None}
     settings = {k: v for k, v in (("limit", args.limit), ("max_new_tokens", args.max_new_tokens)) if v is not None}
@@ -342,12 +342,12 @@ def cmd_demo(args) -> None:
 # ---------------------------------------------------------------- feedback
 
 def cmd_feedback_create(args) -> None:
-    from core import configs, feedback
-    from core.generate import SamplingSettings
+    from tunelab import configs, feedback
+    from tunelab.generate import SamplingSettings
     db, ws = _db_ws()
     if bool(args.prompts) == bool(args.prompts_file):
         raise UserError("give --prompts DATASET or --prompts-file FILE")
-    from core import datasets
+    from tunelab import datasets
     pasted = datasets.read_prompts(args.prompts_file) if args.prompts_file else None
     config = configs.from_flags(feedback.CampaignConfig, args)
     settings = configs.from_flags(SamplingSettings, args)
@@ -363,7 +363,7 @@ def cmd_feedback_create(args) -> None:
 
 
 def cmd_feedback_status(args) -> None:
-    from core import feedback, jobs
+    from tunelab import feedback, jobs
     db, _ = _db_ws()
     jobs.reconcile(db)  # a generation process that died shows as failed
     q = feedback.quality(db, args.name)
@@ -381,7 +381,7 @@ def cmd_feedback_status(args) -> None:
 
 
 def cmd_feedback_list(args) -> None:
-    from core import feedback, jobs
+    from tunelab import feedback, jobs
     db, _ = _db_ws()
     jobs.reconcile(db)
     rows = [{"name": c.name, "status": c.status, "models": ",".join(c.models), "source": c.source,
@@ -391,7 +391,7 @@ def cmd_feedback_list(args) -> None:
 
 
 def cmd_feedback_export(args) -> None:
-    from core import feedback
+    from tunelab import feedback
     db, ws = _db_ws()
     policy = feedback.ExportPolicy(min_votes=args.min_votes, min_agreement=args.min_agreement,
                                    drop_ties=not args.keep_ties, drop_both_bad=not args.keep_both_bad)
@@ -401,7 +401,7 @@ def cmd_feedback_export(args) -> None:
 
 
 def cmd_feedback_import(args) -> None:
-    from core import feedback
+    from tunelab import feedback
     db, _ = _db_ws()
     doc = feedback.import_judgments(db, args.file, args.format, args.campaign)
     _print_json(doc) if args.json else print(
@@ -409,7 +409,7 @@ def cmd_feedback_import(args) -> None:
 
 
 def cmd_feedback_gold(args) -> None:
-    from core import feedback
+    from tunelab import feedback
     db, _ = _db_ws()
     print(f"added {feedback.add_gold_file(db, args.name, args.file)} gold pairs to {args.name}")
 
@@ -428,7 +428,7 @@ def _run_row(run) -> dict:
 
 def _wait_for_run(db, run_id: str) -> None:
     """Progress bar until the run ends; exit 0 completed, 1 failed, stopped or interrupted."""
-    from core import runs
+    from tunelab import runs
     with progress_bar(f"run {run_id}") as update:
         run = runs.wait(db, run_id, progress=update)
     print(f"run {run_id} {run.status}" + (f": {run.error}" if run.error else ""), file=sys.stderr)
@@ -437,8 +437,8 @@ def _wait_for_run(db, run_id: str) -> None:
 
 
 def cmd_train(args) -> None:
-    from core import configs, runs
-    from core.train import config
+    from tunelab import configs, runs
+    from tunelab.train import config
     db, ws = _db_ws()
     run_id = runs.launch(db, ws, config.load_file(args.config, configs.given(args)))
     print(run_id, flush=True)
@@ -447,7 +447,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_runs_list(args) -> None:
-    from core import jobs, runs
+    from tunelab import jobs, runs
     db, _ = _db_ws()
     jobs.reconcile(db)  # the reads are pure: bring the table in line with the processes first
     found = runs.list_runs(db)
@@ -460,7 +460,7 @@ def cmd_runs_list(args) -> None:
 
 
 def cmd_runs_show(args) -> None:
-    from core import cost, jobs, runs
+    from tunelab import cost, jobs, runs
     db, _ = _db_ws()
     jobs.reconcile(db)
     run = runs.get(db, args.id)
@@ -482,7 +482,7 @@ def cmd_runs_show(args) -> None:
 
 
 def cmd_runs_stop(args) -> None:
-    from core import runs
+    from tunelab import runs
     db, _ = _db_ws()
     run = runs.stop(db, args.id)
     step = run.progress().get("step")
@@ -490,7 +490,7 @@ def cmd_runs_stop(args) -> None:
 
 
 def cmd_runs_resume(args) -> None:
-    from core import runs
+    from tunelab import runs
     db, _ = _db_ws()
     run = runs.resume(db, args.id)
     print(f"run {run.id} {run.status}")
@@ -506,7 +506,7 @@ def _job_row(job) -> dict:
 
 
 def cmd_jobs_list(args) -> None:
-    from core import jobs
+    from tunelab import jobs
     db, _ = _db_ws()
     jobs.reconcile(db)  # the reads are pure: bring the table in line with the processes first
     found = jobs.list_jobs(db)
@@ -518,7 +518,7 @@ def cmd_jobs_list(args) -> None:
 
 
 def cmd_jobs_show(args) -> None:
-    from core import jobs
+    from tunelab import jobs
     db, _ = _db_ws()
     jobs.reconcile(db)
     doc = jobs.get(db, args.id).to_dict()
@@ -531,7 +531,7 @@ def cmd_jobs_show(args) -> None:
 
 
 def cmd_jobs_stop(args) -> None:
-    from core import jobs
+    from tunelab import jobs
     db, _ = _db_ws()
     jobs.reconcile(db)
     job = jobs.stop(db, args.id)
@@ -539,7 +539,7 @@ def cmd_jobs_stop(args) -> None:
 
 
 def cmd_models_merge(args) -> None:
-    from core import runs
+    from tunelab import runs
     db, ws = _db_ws()
     with progress_bar(f"merging {args.run_id}") as update:
         info = runs.merge(db, ws, args.run_id, args.name, progress=update)
@@ -549,7 +549,7 @@ def cmd_models_merge(args) -> None:
 # ---------------------------------------------------------------- reward models
 
 def cmd_score(args) -> None:
-    from core.train import reward
+    from tunelab.train import reward
     db, ws = _db_ws()
     value = reward.score(db, ws, args.reward, args.prompt, args.response)
     if args.json:
@@ -561,11 +561,11 @@ def cmd_score(args) -> None:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from core import configs
-    from core.evaluate import EvalConfig
-    from core.feedback import CampaignConfig
-    from core.generate import SamplingSettings
-    from core.train import config as train_config
+    from tunelab import configs
+    from tunelab.evaluate import EvalConfig
+    from tunelab.feedback import CampaignConfig
+    from tunelab.generate import SamplingSettings
+    from tunelab.train import config as train_config
 
     p = argparse.ArgumentParser(prog="tunelab", description="A local-first fine-tuning studio for LLMs.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -682,8 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("demo", help="the whole loop on the sample data: import, LoRA SFT, eval vs prompting and RAG, "
                                     "leaderboard (a few minutes on CPU)")
     x.add_argument("--model", default="smollm2-135m-instruct", help="registered model to fine-tune")
-    x.add_argument("--max-steps", type=int, help="training steps (default from core.leaderboard.DEMO_TRAIN)")
-    x.add_argument("--limit", type=int, help="eval rows per model (default from core.leaderboard.DEMO_EVAL)")
+    x.add_argument("--max-steps", type=int, help="training steps (default from tunelab.leaderboard.DEMO_TRAIN)")
+    x.add_argument("--limit", type=int, help="eval rows per model (default from tunelab.leaderboard.DEMO_EVAL)")
     x.add_argument("--max-new-tokens", type=int, help="most tokens per eval answer")
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_demo)

@@ -30,7 +30,7 @@ from functools import cache
 
 import yaml
 
-from core.errors import UserError
+from tunelab.errors import UserError
 
 _DEST = "config:"  # argparse dest prefix that marks config flags in a Namespace
 _NO = object()

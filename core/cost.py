@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core import workspace
+from tunelab import workspace
 
 # Fraction of the matmul benchmark's FLOP/s that training reaches on CPU with tunelab's defaults: 0.37 for
 # SmolLM2-135M LoRA and 0.48 for full tuning in bench/cpu_limit.py here (counting 4N or 6N per token plus the
@@ -165,7 +165,7 @@ def machine_flops(ws, device: str) -> float:
 
 def _past_flops_per_s(db, device: str, tuning: str) -> tuple[float, int] | None:
     """Median FLOP/s that recent completed runs on this device achieved (same tuning if any), and how many."""
-    from core.folders import read_status
+    from tunelab.folders import read_status
     rows = db.execute(
         "SELECT r.tuning, r.folder, r.config_json, m.params FROM runs r JOIN models m ON m.name = r.base_model "
         "JOIN jobs j ON j.kind = 'train' AND j.target = r.id WHERE j.status = 'completed' AND r.device = ? "
@@ -185,7 +185,7 @@ def _past_flops_per_s(db, device: str, tuning: str) -> tuple[float, int] | None:
 
 def estimate(db, ws, cfg) -> Estimate:
     """Time and money for a resolved run config, before it starts."""
-    from core import datasets, models
+    from tunelab import datasets, models
 
     info = models.get_model(db, cfg.base_model)
     params = info.params or 0

@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.errors import UserError
+from tunelab.errors import UserError
 
 
 class _WithoutPandas(importlib.abc.MetaPathFinder):
@@ -156,7 +156,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         models_json TEXT NOT NULL,              -- model specs: NAME or NAME+RUN_ID
         samples INTEGER NOT NULL,
         overlap INTEGER NOT NULL,               -- K: votes wanted per pair
-        settings_json TEXT NOT NULL,            -- core.generate.SamplingSettings
+        settings_json TEXT NOT NULL,            -- tunelab.generate.SamplingSettings
         guidelines TEXT NOT NULL DEFAULT '',
         judge TEXT,                             -- the source of imported judgments
         status TEXT NOT NULL CHECK (status IN ('pending', 'generating', 'ready', 'failed')),
@@ -262,7 +262,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     -- and campaigns move here, so that one table, written by one module, says what is running.
     CREATE TABLE jobs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
-        kind TEXT NOT NULL,                     -- train | eval | generate | ... (core.jobs.ENTRY_POINTS)
+        kind TEXT NOT NULL,                     -- train | eval | generate | ... (tunelab.jobs.ENTRY_POINTS)
         target TEXT NOT NULL,                   -- what it works on: a run id, an eval id, a campaign name
         status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'stopped',
                                                 'interrupted')),
@@ -331,7 +331,7 @@ def connect(path: str | Path) -> sqlite_utils.Database:
     missing, empty or foreign DB in a workspace whose datasets/ or runs/ hold anything, or a file that
     is not a sound SQLite database, is a UserError and the files stay as they are. A fresh DB there
     would have no users (so every visitor is admin) and would take the version folders for orphans."""
-    from core.workspace import Workspace
+    from tunelab.workspace import Workspace
     path = Path(path)
     ws = Workspace(path.parent)
     if not path.exists():
@@ -451,5 +451,5 @@ def _writer_lock(db: sqlite_utils.Database):
 
 def open_workspace_db():
     """The current workspace's database."""
-    from core import workspace
+    from tunelab import workspace
     return connect(workspace.current().db_path)

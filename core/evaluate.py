@@ -36,15 +36,15 @@ from dataclasses import asdict, astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from core import folders
-from core.errors import UserError
-from core.models import ModelSpec
-from core.workspace import Workspace
+from tunelab import folders, samples
+from tunelab.errors import UserError
+from tunelab.models import ModelSpec
+from tunelab.workspace import Workspace
 
 Progress = Callable[[float, str], None]
 
 BASELINES = ("prompting", "rag")
-GENERAL_TEXT = Path(__file__).resolve().parents[1] / "data" / "samples" / "general_text.jsonl"
+GENERAL_TEXT = samples.path("general_text.jsonl")
 DEFAULT_SYSTEM_PROMPT = ("Answer the last question in the same style and format as the answers in the "
                          "conversation so far.")
 
@@ -293,7 +293,7 @@ def load_reward_model(folder: Path, db=None, ws: Workspace | None = None):
         if not Path(base).is_dir():
             if db is None or not base:
                 raise UserError(f"{folder}/adapter_config.json: base model {base!r} is not a folder")
-            from core import models
+            from tunelab import models
             base = str(models.model_path(db, ws, base))
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, str(folder))
@@ -342,7 +342,7 @@ def reference_texts(db, ws: Workspace, reference: str | None, limit: int | None)
     if reference is None and not path.exists():
         raise UserError(f"no reference set given and the bundled {path} is missing")
     if path.suffix in (".jsonl", ".json") and path.is_file():
-        from core.datasets import formats
+        from tunelab.datasets import formats
         texts = []
         for record in formats.read_records(path):
             if not isinstance(record.data.get("text"), str):
@@ -350,7 +350,7 @@ def reference_texts(db, ws: Workspace, reference: str | None, limit: int | None)
             texts.append(record.data["text"])
         label = path.name
     else:
-        from core import datasets
+        from tunelab import datasets
         version = datasets.resolve(db, ws, reference)
         texts = []
         for row in version.load_all():
@@ -367,18 +367,18 @@ def reference_texts(db, ws: Workspace, reference: str | None, limit: int | None)
 
 def _base_of_merged(db, model: str) -> str | None:
     """The base model a merged model came from (its source is 'run:<id>'), if known."""
-    from core import models
+    from tunelab import models
     info = models.get_model(db, model)
     if not info.source.startswith("run:"):
         return None
-    from core import runs
+    from tunelab import runs
     return runs.get(db, info.source.split(":", 1)[1])["base_model"]
 
 
 def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = None,
              outputs: Path | None = None) -> dict:
     """Evaluate `config` here and now; returns the metrics. `outputs` receives one JSON line per row."""
-    from core import datasets, generate, models
+    from tunelab import datasets, generate, models
 
     report = progress or (lambda f, m: None)
     started = time.time()
@@ -473,7 +473,7 @@ _SELECT = ("SELECT e.*, j.id AS job_id, j.status, j.error, j.pid, j.started_at, 
 
 
 def _rows(db, where: str, args: list) -> list[dict]:
-    from core import jobs
+    from tunelab import jobs
     cur = db.execute(f"{_SELECT} {where}", args)
     cols = [d[0] for d in cur.description]
     out = []
@@ -514,7 +514,7 @@ def list_evals(db, dataset: str | None = None, status: str | None = None) -> lis
 
 def create(db, ws: Workspace, config: EvalConfig) -> int:
     """Check the config (so mistakes show now, not in the background) and record the eval run."""
-    from core import datasets
+    from tunelab import datasets
     version = datasets.resolve(db, ws, config.dataset)
     config.spec.check(db, ws)
     if config.reward and not (ws.runs_dir / config.reward / "final").exists():
@@ -523,7 +523,7 @@ def create(db, ws: Workspace, config: EvalConfig) -> int:
         raise UserError(f"split {config.split!r}: dataset {version.ref} has {', '.join(version.files)}")
     address = config.ray_address
     if config.backend == "ray":
-        from core import ray_backend
+        from tunelab import ray_backend
         address = ray_backend.check_address(address)[0]
     config = EvalConfig.from_dict({**config.to_dict(), "dataset": version.ref, "ray_address": address})
     cur = db.execute(
@@ -537,7 +537,7 @@ def create(db, ws: Workspace, config: EvalConfig) -> int:
 
 def launch(db, ws: Workspace, config: EvalConfig) -> int:
     """Record the eval run and queue it as an `eval` job (core/jobs.py); returns its id at once."""
-    from core import jobs
+    from tunelab import jobs
     eval_id = create(db, ws, config)
     stored = get(db, eval_id)["config"]  # with the Ray address checked and pinned
     jobs.submit(db, "eval", str(eval_id), evals_dir(ws) / str(eval_id), stored["backend"], stored["ray_address"],
@@ -546,7 +546,7 @@ def launch(db, ws: Workspace, config: EvalConfig) -> int:
 
 
 def _job_id(db, eval_id: int) -> int:
-    from core import jobs
+    from tunelab import jobs
     job = jobs.find(db, "eval", str(int(eval_id)))
     if job is None:
         raise UserError(f"eval run {eval_id} was never started")
@@ -556,14 +556,14 @@ def _job_id(db, eval_id: int) -> int:
 def wait(db, eval_id: int, progress: Progress | None = None, poll_s: float = 0.5,
          timeout_s: float | None = None) -> dict:
     """Block until the eval run ends, feeding `progress`; returns the final row (TimeoutError after `timeout_s`)."""
-    from core import jobs
+    from tunelab import jobs
     jobs.wait(db, _job_id(db, eval_id), progress, timeout_s, poll_s)
     return get(db, eval_id)
 
 
 def stop(db, eval_id: int) -> dict:
     """Stop a queued or running eval run (its whole process group)."""
-    from core import jobs
+    from tunelab import jobs
     row = get(db, eval_id)
     if row["status"] not in jobs.ACTIVE:
         raise UserError(f"eval run {eval_id} is already {row['status']}")
@@ -587,7 +587,7 @@ def run_job(db, ws: Workspace, target: str, folder: Path) -> tuple[str, str | No
 def execute(db, ws: Workspace, eval_id: int, progress: Progress | None = None) -> dict:
     """Run a recorded eval run in this process, as an eval job; returns the row. The demo does this,
     which saves a process start per eval."""
-    from core import jobs
+    from tunelab import jobs
     folder = evals_dir(ws) / str(eval_id)
     write = folders.progress_writer(folder, echo=False)
 

@@ -4,7 +4,7 @@ any new kind), and the only module that changes a job's status.
 A job is a row in `jobs` (kind, target: the run id, eval id or campaign name it works on) and a folder
 under the workspace home (runs/<id>, evals/<id>, campaigns/<name>) where its process writes status.json
 (core/folders.py) and its log (`train.log` for a run, `job.log` otherwise). `submit` queues it. A queued
-job starts as `python -m core.jobs <job id>`, in its own process group, while fewer than the
+job starts as `python -m tunelab.jobs <job id>`, in its own process group, while fewer than the
 `max_concurrent_jobs` setting run on this machine: training, evals and generation share one queue. That
 runner imports the kind's entry point (ENTRY_POINTS), runs it, records the outcome, and starts the next
 queued job. There is no daemon.
@@ -49,21 +49,20 @@ from typing import Callable
 
 import psutil
 
-from core import db as dbmod
-from core import folders, workspace
-from core.errors import UserError
+from tunelab import db as dbmod
+from tunelab import folders, workspace
+from tunelab.errors import UserError
 
 STATUSES = ("queued", "running", "completed", "failed", "stopped", "interrupted")
 ACTIVE = ("queued", "running")
 FINAL = ("completed", "failed", "stopped", "interrupted")
 STOP_GRACE_S = 30.0  # after SIGTERM, the time a job gets to save its work (a checkpoint) before SIGKILL
-REPO = Path(__file__).resolve().parents[1]
 # What a job's process runs: "module:function", called as function(db, ws, target, folder) and returning
 # (final status, error). Its exceptions are recorded as `failed`.
 ENTRY_POINTS = {
-    "train": "core.train.runtime:run_job",
-    "eval": "core.evaluate:run_job",
-    "generate": "core.feedback.generation:run_job",
+    "train": "tunelab.train.runtime:run_job",
+    "eval": "tunelab.evaluate:run_job",
+    "generate": "tunelab.feedback.generation:run_job",
 }
 LOG_NAMES = {"train": "train.log"}  # a run's log keeps its name; every other kind writes job.log
 
@@ -271,8 +270,7 @@ def _fresh_status(job: Job) -> None:
 
 
 def _env(db) -> dict:
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            "TUNELAB_HOME": str(home(db)), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+    return {"TUNELAB_HOME": str(home(db)), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
             "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",  # nothing is ever fetched from a hub
             "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
@@ -282,7 +280,7 @@ def _spawn(db, job: Job) -> None:
     job.path.mkdir(parents=True, exist_ok=True)
     _fresh_status(job)
     with open(job.log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "core.jobs", str(job.id)], cwd=job.path,
+        proc = subprocess.Popen([sys.executable, "-m", "tunelab.jobs", str(job.id)], cwd=job.path,
                                 env={**os.environ, **_env(db)}, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     _children[proc.pid] = proc
@@ -308,7 +306,7 @@ def _claim_ray(db, job: Job) -> str:
 
 
 def _submit_ray(db, job: Job, ray_job_id: str) -> None:
-    from core import ray_backend
+    from tunelab import ray_backend
     try:
         ray_backend.submit(job.id, job.kind, job.target, job.path, job.log_path, job.ray_address,
                            json.loads(job.ray_resources or "{}"), ray_job_id, _env(db))
@@ -361,7 +359,7 @@ def reconcile(db) -> None:
 def _reconcile_ray(db, job: Job) -> None:
     """A Ray job that ended without its runner recording the outcome (killed, or its node lost). An
     unreachable cluster changes nothing."""
-    from core import ray_backend
+    from tunelab import ray_backend
     state = ray_backend.job_state(job.ray_address, job.ray_job_id) if job.ray_job_id else "LOST"
     if state is None or state in ray_backend.ACTIVE:
         return
@@ -404,7 +402,7 @@ def stop(db, job_id: int, wait: bool = True, grace_s: float = STOP_GRACE_S) -> J
     db.execute("UPDATE jobs SET stop_requested_at = COALESCE(stop_requested_at, ?) WHERE id = ?",
                [time.time(), job.id])
     if job.backend == "ray":
-        from core import ray_backend
+        from tunelab import ray_backend
         ray_backend.stop(job.ray_address, job.ray_job_id)  # Ray sends SIGTERM, SIGKILL after its grace
         deadline = time.time() + ray_backend.STOP_GRACE_S + 30
         while wait and ray_backend.job_state(job.ray_address, job.ray_job_id) in ray_backend.ACTIVE \
@@ -458,11 +456,11 @@ def describe_failure(exc: BaseException, log: Path) -> str:
 
 
 def main(job_id: int) -> int:
-    """`python -m core.jobs ID`: run the job's entry point here, record its outcome, start the next job."""
+    """`python -m tunelab.jobs ID`: run the job's entry point here, record its outcome, start the next job."""
     ws = workspace.current()
     db = dbmod.connect(ws.db_path)
     job = get(db, job_id)
-    ray_job_id = os.environ.get("TUNELAB_RAY_JOB_ID")  # set in a Ray job (core.ray_backend)
+    ray_job_id = os.environ.get("TUNELAB_RAY_JOB_ID")  # set in a Ray job (tunelab.ray_backend)
     signal.signal(signal.SIGTERM, _on_sigterm)  # an entry point may install its own (training does)
     try:
         module, function = ENTRY_POINTS[job.kind].split(":")
@@ -482,6 +480,6 @@ def main(job_id: int) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m core.jobs JOB_ID")
-    from core import jobs  # one module object, whichever way it was started
+        sys.exit("usage: python -m tunelab.jobs JOB_ID")
+    from tunelab import jobs  # one module object, whichever way it was started
     sys.exit(jobs.main(int(sys.argv[1])))

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from core import evaluate, models, ratings, untrusted
-from core.errors import UserError
+from tunelab import evaluate, models, ratings, samples, untrusted
+from tunelab.errors import UserError
 
 METRICS = ("loss", "perplexity", "exact_match", "rouge_l", "bleu", "chrf", "length_words", "reward",
            "reference_perplexity", "forgetting")
@@ -57,7 +57,7 @@ def _run_of(db, base: str, adapter: str | None) -> str | None:
 
 
 def _training(db, run_id: str) -> dict:
-    from core import runs
+    from tunelab import runs
     try:
         run = runs.get(db, run_id)
     except UserError:  # imported votes may name a run this workspace never had
@@ -80,7 +80,7 @@ def default_anchor(db, names: list[str]) -> str | None:
 def build(db, campaign: str | None = None, dataset: str | None = None, anchor: str | None = None,
           rounds: int = ratings.ROUNDS, seed: int = 0) -> dict:
     """{'rows': [...], 'anchor', 'campaign', 'dataset', 'votes', 'updated_at'}; rows best first."""
-    from core import feedback
+    from tunelab import feedback
     battles = feedback.battles(db, campaign)
     names = sorted({b["model_a"] for b in battles} | {b["model_b"] for b in battles})
     anchor = anchor or default_anchor(db, names)
@@ -137,7 +137,7 @@ def to_csv(rows: list[dict]) -> str:
 
 # ---------------------------------------------------------------- the whole loop on the defaults
 
-DEMO_DATA = Path(__file__).resolve().parents[1] / "data" / "samples" / "acme_router_sft.jsonl"
+DEMO_DATA = samples.path("acme_router_sft.jsonl")
 DEMO_DATASET = "acme-router"
 DEMO_VALIDATION = 0.2   # 30 of the 150 sample rows are held out for the evals
 # About three minutes of LoRA SFT on 2 CPU cores for SmolLM2-135M (~60 trained tokens/s with packing):
@@ -150,7 +150,7 @@ DEMO_EVAL = {"limit": 20, "max_new_tokens": 96, "k": 3}
 
 def demo_dataset(db, ws, path: Path, name: str, report: Callable[[float, str], None]):
     """The split sample dataset, imported once: a later demo reuses the version made from the same file."""
-    from core import datasets
+    from tunelab import datasets
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     known = {d["name"] for d in datasets.list_datasets(db)}
     if name in known:
@@ -165,7 +165,7 @@ def demo_dataset(db, ws, path: Path, name: str, report: Callable[[float, str], N
 def demo(db, ws, model: str = models.DEFAULT_MODEL, train: dict | None = None, eval_settings: dict | None = None,
          progress: Callable[[float, str], None] | None = None) -> dict:
     """Import, fine-tune, evaluate (base, prompting, RAG, adapter) and build the leaderboard."""
-    from core import runs
+    from tunelab import runs
     report = progress or (lambda f, m: None)
     report(0.0, f"preparing {model}")
     models.model_path(db, ws, model, progress=lambda f, m: report(0.05 * f, m))

@@ -22,9 +22,9 @@ from typing import Callable
 
 import yaml
 
-from core import workspace
-from core.errors import UserError
-from core.workspace import Workspace
+from tunelab import workspace
+from tunelab.errors import UserError
+from tunelab.workspace import Workspace
 
 Progress = Callable[[float, str], None]
 
@@ -255,7 +255,7 @@ class ModelSpec:
                             "not write them")
         if not self.run:
             return self
-        from core import runs
+        from tunelab import runs
         try:
             run = runs.get(db, self.run)
         except UserError:
@@ -290,7 +290,7 @@ class ModelSpec:
 def tuned_runs(db, base: str | None = None) -> list:
     """Completed runs (`runs.Run`, newest first) whose result writes answers: LoRA/QLoRA adapters and
     full-tuning models, not reward models; those trained on `base` when given."""
-    from core import runs
+    from tunelab import runs
     return [r for r in runs.list_runs(db) if r.status == "completed" and r.method != REWARD_METHOD
             and base in (None, r.base_model)]
 
@@ -308,5 +308,5 @@ def chat_choices(db) -> list[ModelSpec]:
 def reward_runs(db) -> list[str]:
     """Ids of completed reward-model runs (method: reward), newest first: the choices wherever answers are
     scored (eval --reward, GRPO/RLOO reward_model, tunelab score)."""
-    from core import runs
+    from tunelab import runs
     return [r.id for r in runs.list_runs(db) if r.status == "completed" and r.method == REWARD_METHOD]

@@ -1,7 +1,7 @@
 """The pipeline at a glance, for the home page: what exists at each stage."""
 from __future__ import annotations
 
-from core import models
+from tunelab import models
 
 
 def _count(db, sql: str) -> int:
@@ -29,7 +29,7 @@ def pipeline_summary(db, top: int = 5) -> dict:
 
 def _leaderboard_top(db, top: int) -> list[dict]:
     # Imported here: the ratings bring numpy, 0.15 s of a new workspace's first page draw (bench/ui.py).
-    from core import leaderboard
+    from tunelab import leaderboard
 
     board = leaderboard.build(db, rounds=50)  # the home page shows the order, so fewer rounds will do
     return [{"rank": r["rank"], "model": r["model"], "rating": r["rating"], "votes": r["votes"],

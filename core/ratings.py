@@ -30,7 +30,7 @@ from typing import Iterable
 
 import numpy as np
 
-from core.errors import UserError
+from tunelab.errors import UserError
 
 SCALE = 400.0          # rating points per log10-odds unit
 INIT = 1000.0          # the anchor's rating, and every model's starting Elo

@@ -1,13 +1,13 @@
 """The `ray` backend: a job (a training run, an eval, a campaign's generation) is a job on a Ray
 cluster, submitted with Ray's Job Submission API.
 
-The Ray job's entrypoint is the same `python -m core.jobs <job id>` a local job runs (core/jobs.py); for
+The Ray job's entrypoint is the same `python -m tunelab.jobs <job id>` a local job runs (core/jobs.py); for
 a run with `num_workers` above 1 that process starts Ray Train workers (core/train/distributed.py).
 Nothing is shipped with the job: the code, the interpreter and the workspace (database, models, datasets,
 job folders) must be at the same paths on the cluster's nodes. On one machine that holds already; on a
 cluster of several machines, put the repository, the Python environment and TUNELAB_HOME on shared
 storage mounted at the same path. The job process writes its log, status.json and results into its
-folder and records its outcome in the database, as a local one does; core.jobs asks the cluster for the
+folder and records its outcome in the database, as a local one does; tunelab.jobs asks the cluster for the
 job's state only to notice a job that died without reporting.
 
 Needs the `ray` extra (`pip install -e ".[ray]"`). Token auth follows the caller's environment
@@ -21,7 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from core.errors import UserError
+from tunelab.errors import UserError
 
 ACTIVE = ("PENDING", "RUNNING")  # Ray job states in which the job process may still be running
 # After a stop, the time a job gets to save its work (a checkpoint) before Ray kills it (Ray's default is 3 s).
@@ -88,12 +88,12 @@ def run_resources(cfg: dict) -> dict:
 
 def submit(job_id: int, kind: str, target: str, folder: Path, log: Path, address: str, resources: dict,
            ray_job_id: str, env: dict) -> None:
-    """Submit `python -m core.jobs JOB_ID` as the Ray job `ray_job_id` (one per attempt), holding
+    """Submit `python -m tunelab.jobs JOB_ID` as the Ray job `ray_job_id` (one per attempt), holding
     `resources` (num_cpus, num_gpus). Raises UserError if the cluster cannot be reached or refuses it."""
     folder = Path(folder)
     # A job's bare `python` is whatever came first on PATH where `ray start` ran: name this interpreter.
     # Its output goes to the job's log, where a local job's goes; Ray Train workers' lines reach it too.
-    entrypoint = (f"cd {shlex.quote(str(folder))} && exec {shlex.quote(sys.executable)} -m core.jobs {int(job_id)} "
+    entrypoint = (f"cd {shlex.quote(str(folder))} && exec {shlex.quote(sys.executable)} -m tunelab.jobs {int(job_id)} "
                   f">> {shlex.quote(str(log))} 2>&1")
     env = {**env,
            "TUNELAB_RAY_JOB_ID": ray_job_id,  # the job process closes its row by this, not by a pid

@@ -3,14 +3,14 @@
 A run is a folder `ws.runs_dir/<id>/` (config.yaml, status.json, metrics.jsonl, train.log, checkpoint-N/,
 final/), a row in the `runs` table (what it trains: method, base, dataset, config, estimate) and a `train`
 job (core/jobs.py), which owns its lifecycle: the queue shared with evals and generation
-(`max_concurrent_jobs`), the process (`python -m core.jobs <job id>`, which runs
-core.train.runtime.run_job), stop, liveness and the status. A run's status, pid, times and error are its
+(`max_concurrent_jobs`), the process (`python -m tunelab.jobs <job id>`, which runs
+tunelab.train.runtime.run_job), stop, liveness and the status. A run's status, pid, times and error are its
 job's.
 
 Backends (the config's `backend` key): `local` runs the job process on this machine; `ray` submits it to
 a Ray cluster (core/ray_backend.py). Both write the same run folder.
 
-Statuses: queued -> running -> completed | failed | stopped | interrupted (core.jobs.STATUSES). `resume`
+Statuses: queued -> running -> completed | failed | stopped | interrupted (tunelab.jobs.STATUSES). `resume`
 queues a stopped, interrupted or failed run again: it continues from the latest checkpoint, optimizer
 and scheduler state included, so the step count carries on.
 
@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from core import db as dbmod
-from core import jobs, workspace
-from core.errors import UserError
-from core.folders import read_status
+from tunelab import db as dbmod
+from tunelab import jobs, workspace
+from tunelab.errors import UserError
+from tunelab.folders import read_status
 
 STATUSES = jobs.STATUSES
 FINAL = jobs.FINAL
@@ -178,8 +178,8 @@ def launch(db, ws, config, estimate: bool = True) -> str:
 
     `config` is a RunConfig or a mapping of YAML keys; errors are UserErrors naming the key.
     """
-    from core import cost, ray_backend
-    from core.train import config as configmod
+    from tunelab import cost, ray_backend
+    from tunelab.train import config as configmod
 
     cfg = config if isinstance(config, configmod.RunConfig) else configmod.from_dict(dict(config))
     cfg = configmod.resolve(db, ws, cfg)
@@ -245,7 +245,7 @@ def result_dir(db, run_id: str) -> Path:
 
 def merge(db, ws, run_id: str, name: str, progress: Callable[[float, str], None] | None = None):
     """Merge a LoRA run's adapter into its base as a standalone model folder, and register it (kind 'merged')."""
-    from core import models
+    from tunelab import models
 
     report = progress or (lambda f, m: None)
     workspace.check_name(name, "model")  # it names the folder under models/

@@ -23,8 +23,8 @@ import time
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, quote, urlsplit
 
-from core import auth, db as dbmod, workspace
-from core.errors import UserError
+from tunelab import auth, db as dbmod, workspace
+from tunelab.errors import UserError
 
 log = logging.getLogger("tunelab.web")
 

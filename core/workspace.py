@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from core.errors import UserError
+from tunelab.errors import UserError
 
 # A dataset, campaign, model or run name: one path component, never '.', '..', a separator or a dot file.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")

@@ -10,8 +10,8 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from core import auth, configs, db as dbmod, untrusted, web, workspace
-from core.errors import UserError
+from tunelab import auth, configs, db as dbmod, untrusted, web, workspace
+from tunelab.errors import UserError
 
 
 
@@ -101,7 +101,7 @@ def user_errors():
 
 def config_form_fields(cls, key: str, *, skip=(), options: dict | None = None, defaults: dict | None = None,
                        multiline=(), columns: int = 1) -> dict:
-    """One input per field of a config dataclass (core.configs.form_fields), labelled with the key and
+    """One input per field of a config dataclass (tunelab.configs.form_fields), labelled with the key and
     explained by its help; returns the values as a mapping (nested blocks as `{'lora': {...}}`) for
     `configs.from_mapping` or `config.from_dict`, which check them as YAML keys are checked.
 

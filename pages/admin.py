@@ -1,7 +1,7 @@
 """Admin: users, roles, password resets, and workspace settings."""
 import streamlit as st
 
-from core import auth, workspace
+from tunelab import auth, workspace
 from pages import _ui
 
 _ui.guard("admin")

@@ -7,8 +7,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import datasets, models, workspace
-from core.datasets import cleaning, formats, inspection
+from tunelab import datasets, models, workspace
+from tunelab.datasets import cleaning, formats, inspection
 from pages import _ui
 
 _ui.guard("datasets")

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core import datasets, evaluate, jobs, models
+from tunelab import datasets, evaluate, jobs, models
 from pages import _ui
 
 _ui.guard("evaluate")

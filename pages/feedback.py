@@ -5,9 +5,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import configs, datasets, feedback, jobs, models, untrusted, workspace
-from core.datasets import formats
-from core.generate import SamplingSettings
+from tunelab import configs, datasets, feedback, jobs, models, untrusted, workspace
+from tunelab.datasets import formats
+from tunelab.generate import SamplingSettings
 from pages import _ui
 
 UPLOAD_TYPES = tuple(formats.FILE_TYPES)  # what the dataset importer reads: .json, .jsonl, .csv, .parquet

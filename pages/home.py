@@ -1,7 +1,7 @@
 """Home: the pipeline at a glance and the path for a newcomer. Imports no torch or transformers."""
 import streamlit as st
 
-from core import jobs, overview
+from tunelab import jobs, overview
 from pages import _ui
 
 _ui.guard("home")

@@ -11,8 +11,8 @@ they go through `untrusted.markdown` and load no images.
 """
 import streamlit as st
 
-from core import feedback, untrusted
-from core.errors import UserError
+from tunelab import feedback, untrusted
+from tunelab.errors import UserError
 from pages import _ui
 
 user = _ui.guard("labeling")

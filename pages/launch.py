@@ -2,8 +2,8 @@
 makes, and a time and cost estimate before anything starts."""
 import streamlit as st
 
-from core import cost, datasets, models, runs
-from core.train import config
+from tunelab import cost, datasets, models, runs
+from tunelab.train import config
 from pages import _ui
 
 _ui.guard("launch")

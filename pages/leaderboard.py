@@ -7,7 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import evaluate, feedback, leaderboard
+from tunelab import evaluate, feedback, leaderboard
 from pages import _ui
 
 user = _ui.guard("leaderboard")

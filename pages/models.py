@@ -1,7 +1,7 @@
 """Models: base models with size and chat template, and the runs tuned from each (chat with one as MODEL+RUN)."""
 import streamlit as st
 
-from core import models
+from tunelab import models
 from pages import _ui
 
 _ui.guard("models")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import configs, generate, models, untrusted
-from core.errors import UserError
+from tunelab import configs, generate, models, untrusted
+from tunelab.errors import UserError
 from pages import _ui
 
 _ui.guard("playground")

@@ -11,8 +11,8 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from core import cost, jobs, runs
-from core.train import config
+from tunelab import cost, jobs, runs
+from tunelab.train import config
 from pages import _ui
 
 ACTORS = ("admin", "engineer")  # may stop, resume and retry; viewers only look

@@ -26,7 +26,7 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A fresh TUNELAB_HOME with its database: yields (db, ws)."""
-    from core import db, workspace as wsmod
+    from tunelab import db, workspace as wsmod
     monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
     ws = wsmod.current()
     conn = db.connect(ws.db_path)
@@ -72,7 +72,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_model(workspace, tiny_model_dir):
     """The tiny model registered as 'tiny' in the temporary workspace: yields (db, ws, name)."""
-    from core import models
+    from tunelab import models
     conn, ws = workspace
     models.add_local(conn, tiny_model_dir, "tiny")
     return conn, ws, "tiny"
@@ -81,7 +81,7 @@ def tiny_model(workspace, tiny_model_dir):
 @pytest.fixture(scope="session")
 def bundled_model_dir() -> Path:
     """The real SmolLM2-135M-Instruct, prepared once per machine in a cache outside the repo."""
-    from core import db, models, workspace as wsmod
+    from tunelab import db, models, workspace as wsmod
     cache = Path(os.environ.get("TUNELAB_TEST_CACHE", Path.home() / ".cache" / "tunelab-tests"))
     ws = wsmod.Workspace(cache).ensure()
     conn = db.connect(ws.db_path)
@@ -93,7 +93,7 @@ def bundled_model_dir() -> Path:
 @pytest.fixture
 def bundled_model(workspace, bundled_model_dir):
     """The prepared bundled model recorded in the temporary workspace: yields (db, ws, name)."""
-    from core import models
+    from tunelab import models
     conn, ws = workspace
     models.list_models(conn)  # registers the bundled row
     models._record(conn, models.DEFAULT_MODEL, bundled_model_dir)
@@ -116,13 +116,13 @@ def run_cli(*args: str, env_home: Path | None = None, stdin: str | None = None, 
     env = dict(os.environ)
     if env_home is not None:
         env["TUNELAB_HOME"] = str(env_home)
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tunelab.cli", *args], input=stdin, capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=timeout)
 
 
 def stop_leftover_runs(db) -> None:
     """No run process outlives its test, even a failed one."""
-    from core import runs
+    from tunelab import runs
     for run in runs.list_runs(db):
         if run.status in ("queued", "running"):
             runs.stop(db, run.id, grace_s=5)
@@ -141,7 +141,7 @@ QA = [("What is the capital of France?", "Paris."),
 
 def make_dataset(db, ws, tmp_path, name="qa"):
     """An sft dataset of the QA pairs, split into train and validation (2 rows)."""
-    from core import datasets
+    from tunelab import datasets
     path = tmp_path / f"{name}.jsonl"
     path.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q},
                                                        {"role": "assistant", "content": a}]}) for q, a in QA))
@@ -207,7 +207,7 @@ class App:
         raise RuntimeError(f"streamlit did not start; see {self.log.name}")
 
     def db(self):
-        from core import db
+        from tunelab import db
         return db.connect(self.home / "tunelab.db")
 
     def stop(self) -> None:
@@ -284,7 +284,7 @@ def ready_campaign(conn, ws, tiny_model_dir: Path, name: str, prompts: list[str]
                    guidelines: str = ""):
     """A campaign ready to label without running a model: the tiny model registered as 'tiny' and
     'tiny-b', whose answers to `prompts` are stored as if generated, one vote wanted per pair."""
-    from core import feedback, models
+    from tunelab import feedback, models
     for model in ("tiny", "tiny-b"):
         if model not in {m.name for m in models.list_models(conn)}:
             models.add_local(conn, tiny_model_dir, model)

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from core import auth, db as dbmod
-from core.errors import UserError
+from tunelab import auth, db as dbmod
+from tunelab.errors import UserError
 from tests.conftest import REPO, run_cli
 
 PW = "correct horse"
@@ -142,7 +142,7 @@ def test_cli_users_add_racing_itself_exits_2(tmp_path):
             for _ in range(3):
                 with password_file.open() as stdin:
                     procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "core.cli", "users", "add", name, "--role", "admin",
+                        [sys.executable, "-m", "tunelab.cli", "users", "add", name, "--role", "admin",
                          "--password-stdin"],
                         cwd=REPO, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         results = [(p.returncode, err) for p in procs for _, err in [p.communicate(timeout=60)]]

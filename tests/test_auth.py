@@ -1,7 +1,7 @@
 import pytest
 
-from core import auth
-from core.errors import UserError
+from tunelab import auth
+from tunelab.errors import UserError
 from tests.conftest import run_cli
 
 

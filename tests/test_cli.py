@@ -10,7 +10,7 @@ import termios
 
 import pytest
 
-from core.cli import build_parser
+from tunelab.cli import build_parser
 from tests.conftest import REPO, run_cli
 
 
@@ -79,7 +79,7 @@ def test_progress_bar_draws_on_a_terminal(tmp_path):
     """On a terminal the bar redraws in place, and no summary line follows it."""
     terminal, child_end = pty.openpty()
     termios.tcsetwinsize(child_end, (24, 100))  # a new pty is 0 columns wide: tqdm would draw nothing
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "data", "import", str(SAMPLE), "--name", "acme"],
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "data", "import", str(SAMPLE), "--name", "acme"],
                             stdout=subprocess.PIPE, stderr=child_end, cwd=REPO,
                             env=dict(os.environ, TUNELAB_HOME=str(tmp_path / "home")))
     os.close(child_end)

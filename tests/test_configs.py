@@ -9,18 +9,18 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from core import configs
-from core.errors import UserError
+from tunelab import configs
+from tunelab.errors import UserError
 from tests.conftest import REPO, run_cli
 
 SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 
 
 def config_classes() -> list[type]:
-    from core.evaluate import EvalConfig
-    from core.feedback import CampaignConfig
-    from core.generate import SamplingSettings
-    from core.train import config
+    from tunelab.evaluate import EvalConfig
+    from tunelab.feedback import CampaignConfig
+    from tunelab.generate import SamplingSettings
+    from tunelab.train import config
     return [*(m.Config for m in config.methods().values()), config.LoraSettings, EvalConfig, CampaignConfig,
             SamplingSettings]
 
@@ -110,8 +110,8 @@ def test_flag_and_box_text_reads_as_the_yaml_value():
 
 
 def test_yaml_and_flags_give_the_same_checked_config():
-    from core.cli import build_parser
-    from core.train import config
+    from tunelab.cli import build_parser
+    from tunelab.train import config
     full = ("method: dpo\nbase_model: m\ndataset: prefs@1\nlearning_rate: 1e-4\nbeta: 0.2\ngradient_checkpointing: true\n"
             "lora:\n  r: 16\n  alpha: 8\n  target_modules: [q_proj, v_proj]\n")
     args = build_parser().parse_args([
@@ -122,7 +122,7 @@ def test_yaml_and_flags_give_the_same_checked_config():
     assert from_flags == config.parse_yaml(full, "run.yaml")
     assert from_flags.lora.r == 16 and from_flags.learning_rate == 1e-4 and from_flags.beta == 0.2
 
-    from core.evaluate import EvalConfig
+    from tunelab.evaluate import EvalConfig
     args = build_parser().parse_args(["eval", "m", "--dataset", "qa@2", "--baseline", "rag", "--k", "2",
                                       "--limit", "5", "--max-new-tokens", "8"])
     assert configs.from_flags(EvalConfig, args, {"model": "m"}) == configs.from_mapping(
@@ -135,7 +135,7 @@ def test_yaml_and_flags_give_the_same_checked_config():
 @pytest.fixture
 def acme(tiny_model):
     """The tiny model and the sample SFT data in a workspace; no run outlives the test."""
-    from core import datasets, runs
+    from tunelab import datasets, runs
     db, ws, _ = tiny_model
     ref = datasets.import_file(db, ws, SAMPLE, "acme").version.ref
     yield db, ws, ref
@@ -209,7 +209,7 @@ def test_the_form_helper_draws_each_field_and_its_values_check_as_yaml(monkeypat
     def page():
         import streamlit as st
 
-        from core.train import config
+        from tunelab.train import config
         from pages import _ui
         values = _ui.config_form_fields(config.config_class("sft"), "t", skip={"method"},
                                         options={"base_model": ["tiny"], "dataset": ["acme@1"], "init_from": ["r1"]})
@@ -217,7 +217,7 @@ def test_the_form_helper_draws_each_field_and_its_values_check_as_yaml(monkeypat
 
     at = AppTest.from_function(page, default_timeout=60).run()
     assert not at.exception
-    from core.train import config
+    from tunelab.train import config
     assert at.session_state.cfg == config.from_dict({"base_model": "tiny", "dataset": "acme@1"})
     assert [s.label for s in at.selectbox][:3] == ["base_model", "dataset", "init_from"]
     assert at.selectbox(key="t_init_from").value is None  # an optional pick starts at (none)
@@ -240,7 +240,7 @@ def test_listing_the_methods_imports_no_transformers():
     for importing transformers (runtime.py and distributed.py do, and are no methods)."""
     import subprocess
     import sys
-    code = ("import json, sys; from core.train import config; "
+    code = ("import json, sys; from tunelab.train import config; "
             "print(json.dumps([sorted(config.methods()), 'transformers' in sys.modules]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     found, imported = json.loads(done.stdout)

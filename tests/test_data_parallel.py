@@ -11,7 +11,7 @@ SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 @pytest.mark.process
 @pytest.mark.timeout(600)
 def test_two_local_processes_train_one_run_and_stop_together(tiny_model):
-    from core import datasets, runs
+    from tunelab import datasets, runs
     db, ws, _ = tiny_model
     ref = datasets.import_file(db, ws, SAMPLE, "acme").version.ref
     run_id = runs.launch(db, ws, {"base_model": "tiny", "dataset": ref, "tuning": "lora", "learning_rate": 2e-2,

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from tests.conftest import REPO, TEST_DATA
-from core import datasets
-from core import workspace as wsmod
-from core.errors import UserError
+from tunelab import datasets
+from tunelab import workspace as wsmod
+from tunelab.errors import UserError
 
 def write_jsonl(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -317,7 +317,7 @@ def test_killed_import_leaves_no_version(tmp_path):
     big = write_jsonl(tmp_path / "big.jsonl", [{"instruction": f"Say {i}", "output": f"{i} " * 40}
                                                for i in range(40_000)])
     env = dict(os.environ, TUNELAB_HOME=str(home))
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "data", "import", str(big), "--name", "big"],
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "data", "import", str(big), "--name", "big"],
                             env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and not list((home / "datasets" / "big").glob(".tmp-*")):
@@ -325,7 +325,7 @@ def test_killed_import_leaves_no_version(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert list((home / "datasets" / "big").glob(".tmp-*")), "the kill missed the write window"
-    from core import db as dbmod
+    from tunelab import db as dbmod
     conn = dbmod.connect(home / "tunelab.db")
     ws = wsmod.Workspace(home)
     assert conn.execute("SELECT count(*) FROM dataset_versions").fetchone()[0] == 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core import datasets
-from core.datasets import cleaning, inspection
-from core.errors import UserError
+from tunelab import datasets
+from tunelab.datasets import cleaning, inspection
+from tunelab.errors import UserError
 from tests.conftest import REPO, TEST_DATA
 
 
@@ -146,7 +146,7 @@ def test_trl_trainers_prepare_the_exported_files(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-    from core import models
+    from tunelab import models
     db, ws, name = tiny_model
     sft_v = datasets.import_file(db, ws, REPO / "data" / "samples" / "acme_router_sft.jsonl", "acme").version
     dpo_v = datasets.import_file(db, ws, TEST_DATA / "dpo_demo.json", "dpo").version

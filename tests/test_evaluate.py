@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from core import evaluate
-from core.errors import UserError
+from tunelab import evaluate
+from tunelab.errors import UserError
 from tests.conftest import QA, make_dataset, run_cli
 
 
@@ -53,7 +53,7 @@ def test_baseline_prompts_prompting_and_rag():
 
 def test_answer_loss_equals_transformers_loss(tiny_model_dir):
     import torch
-    from core import generate
+    from tunelab import generate
     model, tok = generate.load(tiny_model_dir)
     prompt = [{"role": "user", "content": "What is the capital of France?"}]
     answer = "The capital of France is Paris."

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from core import feedback, models
-from core.errors import UserError
-from core.generate import SamplingSettings
+from tunelab import feedback, models
+from tunelab.errors import UserError
+from tunelab.generate import SamplingSettings
 from tests.conftest import TEST_DATA, run_cli
 
 PROMPTS = ["What is the capital of France?", "Give three tips for staying healthy.", "Count to five.",
@@ -189,7 +189,7 @@ def test_cohen_kappa_hand_computed(two_models):
 def test_krippendorff_alpha_hand_computed():
     """Nominal α with a missing rating. Coincidences: o_aa = 3, o_bb = 1, o_ab = o_ba = 2, o_tt = 2; n = 10,
     n_a = 5, n_b = 3, n_t = 2. Do = 4/10, De = (100 - 25 - 9 - 4) / 90 = 62/90, α = 1 - 36/62 = 13/31."""
-    from core import agreement
+    from tunelab import agreement
     units = {1: {"x": "a", "y": "a", "z": "a"}, 2: {"x": "b", "y": "b", "z": "a"},
              3: {"x": "tie", "y": "tie"}, 4: {"x": "a", "y": "b"}, 5: {"x": "a"}}
     assert agreement.krippendorff_alpha(units) == pytest.approx(13 / 31)
@@ -223,7 +223,7 @@ def test_export_policy_and_battles(two_models, tmp_path):
 
     doc = feedback.export(conn, ws, "c1", "trl", tmp_path / "prefs.jsonl", register="c1-prefs")
     assert doc["rows"] == 2 and doc["dataset"] == "c1-prefs@1"
-    from core import datasets
+    from tunelab import datasets
     v = datasets.resolve(conn, ws, "c1-prefs")
     assert v.kind == "preference" and v.rows == 2
 
@@ -275,7 +275,7 @@ def test_import_alpaca_eval(workspace, tmp_path):
 
 def test_campaign_from_dataset_prompts(two_models):
     """Prompts come from a whole file imported as a dataset (the alpaca fixture, LLaMA-Factory's format)."""
-    from core import datasets
+    from tunelab import datasets
     conn, ws = two_models
     version = datasets.import_file(conn, ws, TEST_DATA / "alpaca_demo.json", "alpaca").version
     c = feedback.create_campaign(conn, ws, "from-ds", ["tiny", "tiny-b"], dataset="alpaca")

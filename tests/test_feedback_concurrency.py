@@ -6,7 +6,7 @@ import traceback
 
 import pytest
 
-from core import db as dbmod, feedback, models
+from tunelab import db as dbmod, feedback, models
 
 ANNOTATORS, VOTES = 20, 50
 

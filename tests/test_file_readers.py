@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core import datasets, feedback, jobs, models
-from core.errors import UserError
+from tunelab import datasets, feedback, jobs, models
+from tunelab.errors import UserError
 from tests.conftest import REPO, run_cli
 
 SAMPLE = REPO / "data" / "samples" / "prompts.jsonl"
@@ -151,7 +151,7 @@ def test_judgments_are_read_by_the_import_reader(workspace, tmp_path):
 
 
 def test_a_bad_line_in_an_eval_reference_file_is_named(workspace, tmp_path):
-    from core import evaluate
+    from tunelab import evaluate
     conn, ws = workspace
     ref = tmp_path / "general.jsonl"
     ref.write_text('{"text": "fine"}\n{"text": \n')

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from core.datasets import formats
-from core.errors import UserError
+from tunelab.datasets import formats
+from tunelab.errors import UserError
 from tests.conftest import REPO, run_cli
 
 GOOD = {"instruction": "Reset the router?", "output": "Hold the button for ten seconds."}
@@ -224,7 +224,7 @@ MEASURE = ("import resource, subprocess, sys; "
 def peak_rss_mb(path, home, name: str) -> float:
     """Peak RSS of one `tunelab data import` process, read by a fresh parent whose only child it is."""
     env = dict(os.environ, TUNELAB_HOME=str(home))
-    out = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "core.cli", "data", "import",
+    out = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "tunelab.cli", "data", "import",
                           str(path), "--name", name], capture_output=True, text=True, env=env, cwd=REPO,
                          timeout=240, check=True).stdout
     rc, kilobytes = out.split()

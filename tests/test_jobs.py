@@ -17,7 +17,7 @@ SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 @pytest.fixture
 def sft_data(tiny_model):
     """The tiny model and the sample SFT data; no job process outlives the test."""
-    from core import datasets, jobs
+    from tunelab import datasets, jobs
     db, ws, _ = tiny_model
     yield db, ws, datasets.import_file(db, ws, SAMPLE, "acme").version.ref
     jobs.reconcile(db)
@@ -32,14 +32,14 @@ def long_run(ref: str) -> dict:
 
 
 def small_eval(ref: str):
-    from core import evaluate
+    from tunelab import evaluate
     return evaluate.EvalConfig(model="tiny", dataset=ref, limit=2, max_new_tokens=4)
 
 
 @pytest.mark.process
 @pytest.mark.timeout(400)
 def test_a_run_and_an_eval_share_one_queue_and_the_cli_lists_shows_and_stops_them(sft_data):
-    from core import evaluate, jobs, runs, workspace
+    from tunelab import evaluate, jobs, runs, workspace
     db, ws, ref = sft_data
     assert workspace.get_setting(db, "max_concurrent_jobs") == 1
     run_id = runs.launch(db, ws, long_run(ref))
@@ -78,7 +78,7 @@ def test_a_run_and_an_eval_share_one_queue_and_the_cli_lists_shows_and_stops_the
 @pytest.mark.process
 @pytest.mark.timeout(300)
 def test_reads_change_nothing_until_reconcile(sft_data):
-    from core import evaluate, jobs, runs
+    from tunelab import evaluate, jobs, runs
     db, ws, ref = sft_data
     run_id = runs.launch(db, ws, long_run(ref))
     job = jobs.find(db, "train", run_id)
@@ -101,7 +101,7 @@ def test_reads_change_nothing_until_reconcile(sft_data):
 
 
 def test_a_reused_pid_is_not_taken_for_a_job(workspace):
-    from core import jobs
+    from tunelab import jobs
     db, ws = workspace
     me = psutil.Process(os.getpid())
     assert jobs.alive(me.pid, me.create_time()) and not jobs.alive(me.pid, me.create_time() - 3600)

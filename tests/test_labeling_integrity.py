@@ -7,8 +7,8 @@ import json
 import markdown_it
 import pytest
 
-from core import feedback, leaderboard, untrusted
-from core.errors import UserError
+from tunelab import feedback, leaderboard, untrusted
+from tunelab.errors import UserError
 from tests.conftest import ready_campaign
 
 

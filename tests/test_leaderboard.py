@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from core import leaderboard
-from core.errors import UserError
+from tunelab import leaderboard
+from tunelab.errors import UserError
 from tests.conftest import STRENGTH, arena_file, run_cli
 
 

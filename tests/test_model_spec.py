@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from core import datasets, feedback, leaderboard, models, runs
-from core.errors import UserError
-from core.models import ModelSpec
+from tunelab import datasets, feedback, leaderboard, models, runs
+from tunelab.errors import UserError
+from tunelab.models import ModelSpec
 from tests.conftest import REPO, run_cli
 
 SAMPLES = REPO / "data" / "samples"
@@ -134,7 +134,7 @@ def test_a_full_sft_run_is_a_model_like_any_other(tiny_data, tiny_model_dir):
 @pytest.mark.timeout(400)
 def test_the_playground_offers_no_reward_run(app, tiny_data, page):
     """In Chromium: the Playground's model choices are the models, without the reward LoRA run it used to list."""
-    from core import auth
+    from tunelab import auth
     from tests.conftest import sign_in, wait_for_app
 
     db, ws, _, pref_ref = tiny_data

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from core import generate, models
+from tunelab import generate, models
 from tests.conftest import run_cli
 
 
@@ -45,7 +45,7 @@ def test_add_folder_without_tokenizer_exits_2(tmp_path, tiny_model_dir):
 
 def test_unknown_model_named(workspace):
     conn, _ = workspace
-    from core.errors import UserError
+    from tunelab.errors import UserError
     with pytest.raises(UserError, match="nosuch"):
         models.get_model(conn, "nosuch")
 

@@ -1,5 +1,5 @@
 """The home page's figures: counts per stage and the leaderboard's top rows."""
-from core import feedback, overview
+from tunelab import feedback, overview
 from tests.conftest import STRENGTH, arena_file
 
 
@@ -18,7 +18,7 @@ def test_summary_counts_and_top_models(workspace, tmp_path):
 
 def test_top_models_from_an_eval_without_votes(tiny_model, tmp_path):
     """The home page skips the leaderboard only when there is nothing to rank: one completed eval is enough."""
-    from core import evaluate
+    from tunelab import evaluate
     from tests.conftest import make_dataset
     db, ws, name = tiny_model
     make_dataset(db, ws, tmp_path)

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from core import ratings
-from core.errors import UserError
+from tunelab import ratings
+from tunelab.errors import UserError
 
 
 def battles(a: str, b: str, a_wins: int, b_wins: int, ties: int = 0, bothbad: int = 0) -> list[dict]:

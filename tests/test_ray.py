@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from core.errors import UserError
+from tunelab.errors import UserError
 from tests.conftest import REPO, run_cli, wait_until
 
 pytest.importorskip("ray.job_submission", reason="the ray extra is not installed (pip install -e '.[ray]')")
@@ -35,7 +35,7 @@ def ray_cluster():
 
 @pytest.fixture
 def sft_data(tiny_model):
-    from core import datasets
+    from tunelab import datasets
     db, ws, _ = tiny_model
     return db, ws, datasets.import_file(db, ws, SAMPLE, "acme").version.ref
 
@@ -50,7 +50,7 @@ def tiny_config(ref: str, **overrides) -> dict:
 @pytest.mark.process
 @pytest.mark.timeout(120)
 def test_backend_keys_are_checked_before_launch(sft_data):
-    from core import runs
+    from tunelab import runs
     db, ws, ref = sft_data
     with pytest.raises(UserError, match="key 'num_workers'.*backend ray"):
         runs.launch(db, ws, tiny_config(ref, num_workers=2))
@@ -66,7 +66,7 @@ def test_backend_keys_are_checked_before_launch(sft_data):
 def test_ray_runs_fill_their_run_folder_and_stop_from_the_cli(sft_data, ray_cluster, monkeypatch):
     """Two jobs side by side: a single-worker one trains to the end; a 2-worker one is stopped, and both its
     workers save the same checkpoint."""
-    from core import ray_backend, runs
+    from tunelab import ray_backend, runs
     db, ws, ref = sft_data
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)  # the default for ray_address
     run_id = runs.launch(db, ws, tiny_config(ref, backend="ray"))
@@ -110,7 +110,7 @@ def test_two_ray_train_workers_lower_the_loss_and_save_a_peft_adapter(sft_data, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core import models, runs
+    from tunelab import models, runs
     db, ws, ref = sft_data
     run_id = runs.launch(db, ws, tiny_config(ref, backend="ray", ray_address=ray_cluster.address, num_workers=2,
                                              max_steps=8, save_steps=4))
@@ -140,7 +140,7 @@ def test_two_ray_train_workers_lower_the_loss_and_save_a_peft_adapter(sft_data, 
 @pytest.mark.process
 @pytest.mark.timeout(300)
 def test_an_eval_runs_as_a_ray_job_in_its_own_folder(sft_data, ray_cluster):
-    from core import evaluate, jobs
+    from tunelab import evaluate, jobs
     db, ws, ref = sft_data
     eval_id = evaluate.launch(db, ws, evaluate.EvalConfig(model="tiny", dataset=ref, limit=2, max_new_tokens=4,
                                                           backend="ray", ray_address=ray_cluster.address))

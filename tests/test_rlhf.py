@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from core.errors import UserError
+from tunelab.errors import UserError
 from tests.conftest import run_cli
 
 TOPICS = ["France", "health", "sleep", "numbers", "the weather", "cats", "music", "tea", "running", "books"]
@@ -47,7 +47,7 @@ def base_config(method: str, ref: str, **overrides) -> dict:
 
 
 def finished(db, run_id: str, timeout_s: float = 300):
-    from core import runs
+    from tunelab import runs
     run = runs.wait(db, run_id, poll_s=0.5, timeout_s=timeout_s)
     assert run.status == "completed", (run.error, runs.log_tail(run))
     return run
@@ -56,7 +56,7 @@ def finished(db, run_id: str, timeout_s: float = 300):
 @pytest.fixture(scope="module")
 def rlhf(tmp_path_factory, tiny_model_dir):
     """A workspace with the tiny model, the preference set split 75/25, and a trained full reward model."""
-    from core import datasets, db as dbmod, models, runs, workspace
+    from tunelab import datasets, db as dbmod, models, runs, workspace
 
     home = tmp_path_factory.mktemp("rlhf") / "home"
     with pytest.MonkeyPatch.context() as mp:
@@ -78,8 +78,8 @@ def rlhf(tmp_path_factory, tiny_model_dir):
 @pytest.mark.process
 @pytest.mark.timeout(600)
 def test_reward_model_ranks_held_out_pairs_and_scores_answers(rlhf):
-    from core import models, runs
-    from core.train import reward
+    from tunelab import models, runs
+    from tunelab.train import reward
 
     db, ws, ref, run_id = rlhf
     metrics = runs.read_metrics(ws, run_id)
@@ -111,7 +111,7 @@ def test_reward_model_ranks_held_out_pairs_and_scores_answers(rlhf):
 @pytest.mark.process
 @pytest.mark.timeout(600)
 def test_dpo_raises_the_reward_margin_and_accuracy(rlhf):
-    from core import runs
+    from tunelab import runs
 
     db, ws, ref, _ = rlhf
     run_id = runs.launch(db, ws, base_config("dpo", ref, learning_rate=2e-3, max_steps=12, eval_steps=12,
@@ -134,7 +134,7 @@ def test_dpo_raises_the_reward_margin_and_accuracy(rlhf):
 @pytest.mark.process
 @pytest.mark.timeout(600)
 def test_grpo_raises_the_reward_models_score_and_rloo_trains(rlhf):
-    from core import runs
+    from tunelab import runs
 
     db, ws, ref, reward_run = rlhf
     online = dict(reward_model=reward_run, learning_rate=2e-2, max_steps=16, num_generations=4,
@@ -161,7 +161,7 @@ def test_grpo_raises_the_reward_models_score_and_rloo_trains(rlhf):
 @pytest.mark.process
 @pytest.mark.timeout(300)
 def test_online_rl_configs_are_checked_before_launch(rlhf):
-    from core import runs
+    from tunelab import runs
 
     db, ws, ref, reward_run = rlhf
     cases = [
@@ -184,8 +184,8 @@ def test_online_rl_configs_are_checked_before_launch(rlhf):
 @pytest.mark.process
 @pytest.mark.timeout(300)
 def test_cost_estimates_count_what_each_method_computes(rlhf):
-    from core import cost, models
-    from core.train import config
+    from tunelab import cost, models
+    from tunelab.train import config
 
     db, ws, ref, reward_run = rlhf
     n = models.get_model(db, "tiny").params
@@ -204,7 +204,7 @@ def test_cost_estimates_count_what_each_method_computes(rlhf):
 @pytest.mark.process
 @pytest.mark.timeout(600)
 def test_a_killed_dpo_run_resumes_from_its_checkpoint(rlhf):
-    from core import jobs, runs
+    from tunelab import jobs, runs
 
     db, ws, ref, _ = rlhf
     run_id = runs.launch(db, ws, base_config("dpo", ref, tuning="lora", learning_rate=5e-3, max_steps=10,
@@ -237,7 +237,7 @@ def test_a_killed_dpo_run_resumes_from_its_checkpoint(rlhf):
 @pytest.mark.slow
 def test_reward_model_on_the_bundled_model_and_real_preferences(bundled_model, tmp_path):
     """A few LoRA steps of a reward model on SmolLM2-135M with the sharegpt preference fixture."""
-    from core import datasets, runs
+    from tunelab import datasets, runs
     from tests.conftest import TEST_DATA
 
     db, ws, name = bundled_model
@@ -256,5 +256,5 @@ def test_reward_model_on_the_bundled_model_and_real_preferences(bundled_model, t
     (ev,) = [m for m in metrics if m["kind"] == "eval"]  # the end-of-run evaluation
     assert 0.0 <= ev["eval_accuracy"] <= 1.0
     assert (run.path / "final" / "adapter_config.json").exists()
-    from core.train import reward
+    from tunelab.train import reward
     assert isinstance(reward.score(db, ws, run_id, "Hi!", "Hello! How can I help you today?"), float)

@@ -17,7 +17,7 @@ SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 
 @pytest.fixture
 def sft_data(tiny_model):
-    from core import datasets
+    from tunelab import datasets
     db, ws, _ = tiny_model
     yield db, ws, datasets.import_file(db, ws, SAMPLE, "acme").version.ref
     stop_leftover_runs(db)
@@ -32,7 +32,7 @@ def tiny_config(ref: str, **overrides) -> dict:
 @pytest.mark.process
 @pytest.mark.timeout(600)
 def test_sigkilled_run_is_interrupted_and_resumes_from_its_checkpoint(sft_data):
-    from core import jobs, runs
+    from tunelab import jobs, runs
     db, ws, ref = sft_data
     run_id = runs.launch(db, ws, tiny_config(ref))
     run = runs.get(db, run_id)
@@ -63,7 +63,7 @@ def test_sigkilled_run_is_interrupted_and_resumes_from_its_checkpoint(sft_data):
 @pytest.mark.process
 @pytest.mark.timeout(600)
 def test_stop_saves_a_checkpoint_and_the_queue_starts_the_next_run(sft_data):
-    from core import runs, workspace
+    from tunelab import runs, workspace
     db, ws, ref = sft_data
     assert workspace.get_setting(db, "max_concurrent_jobs") == 1
     long = tiny_config(ref, max_steps=50_000, save_steps=100_000)  # far longer than the test takes
@@ -95,7 +95,7 @@ def test_stop_saves_a_checkpoint_and_the_queue_starts_the_next_run(sft_data):
 @pytest.mark.process
 @pytest.mark.timeout(300)
 def test_a_diverging_run_fails_and_says_why(sft_data, tmp_path):
-    from core import runs
+    from tunelab import runs
     db, ws, ref = sft_data
     path = tmp_path / "diverge.yaml"
     path.write_text(yaml.safe_dump(tiny_config(ref, tuning="full", learning_rate=1e8)))
@@ -109,7 +109,7 @@ def test_a_diverging_run_fails_and_says_why(sft_data, tmp_path):
 
 
 def test_a_reused_pid_is_not_taken_for_the_run():
-    from core import jobs
+    from tunelab import jobs
     me = psutil.Process(os.getpid())
     assert jobs.alive(me.pid, me.create_time())
     assert not jobs.alive(me.pid, me.create_time() - 3600)  # same pid, another process's start time

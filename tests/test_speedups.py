@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from trl.trainer import utils as trl_utils
 from trl.trainer.utils import add_fused_lm_head
 
-from core.train import speedups
+from tunelab.train import speedups
 
 LENGTHS = [7, 12, 5]  # three conversations packed into one padding-free row
 
@@ -87,7 +87,7 @@ def test_lm_head_on_labelled_positions_same_loss_less_work(monkeypatch):
 
 @pytest.mark.parametrize("packing,expected", [(True, speedups.PACKED_SDPA), (False, "sdpa")])
 def test_auto_attention_on_cpu(packing, expected):
-    from core.train import sft
+    from tunelab.train import sft
     cfg = sft.Config(base_model="tiny", dataset="d", packing=packing)
     assert sft.attention(cfg, {"kind": "cpu"}) == expected
     cfg.attn_implementation = "eager"

@@ -6,7 +6,7 @@ import time
 import pytest
 import yaml
 
-from core.errors import UserError
+from tunelab.errors import UserError
 from tests.conftest import REPO, run_cli, stop_leftover_runs
 
 SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
@@ -15,7 +15,7 @@ SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
 @pytest.fixture
 def sft_data(tiny_model):
     """The sample SFT data imported and split 90/10: yields (db, ws, 'acme@2')."""
-    from core import datasets
+    from tunelab import datasets
     db, ws, _ = tiny_model
     version = datasets.import_file(db, ws, SAMPLE, "acme").version
     yield db, ws, datasets.split(db, ws, version.ref, val=0.1, seed=0).ref
@@ -42,8 +42,8 @@ def test_lora_sft_completes_and_its_adapter_changes_the_model(sft_data):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core import cost, models, runs
-    from core.train import config
+    from tunelab import cost, models, runs
+    from tunelab.train import config
 
     db, ws, ref = sft_data
     cfg = config.resolve(db, ws, config.from_dict(tiny_config(ref)))
@@ -100,7 +100,7 @@ def test_full_sft_from_the_cli_changes_every_layer(sft_data, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from core import models
+    from tunelab import models
 
     db, ws, ref = sft_data
     path = tmp_path / "full.yaml"
@@ -149,8 +149,8 @@ def test_bad_configs_name_the_key_and_exit_2(sft_data, tmp_path):
             cfg = {"lerning_rate": cfg.pop("lerning_rate"), **cfg}
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         with pytest.raises(UserError) as err:
-            from core import runs
-            from core.train import config
+            from tunelab import runs
+            from tunelab.train import config
             runs.launch(db, ws, config.load_file(path))
         assert expected in str(err.value), str(err.value)
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0  # nothing was queued
@@ -178,7 +178,7 @@ def test_qlora_is_refused_on_cpu_before_launch(sft_data, tmp_path):
 
 
 def test_config_yaml_round_trip_and_float_strings():
-    from core.train import config
+    from tunelab.train import config
     cfg = config.parse_yaml("base_model: m\ndataset: d@1\nlearning_rate: 2e-4\nlora:\n  r: 8\n  target_modules: [q_proj, v_proj]\n")
     assert cfg.learning_rate == 2e-4  # YAML 1.1 reads 2e-4 as a string; the float field takes it
     assert cfg.lora.r == 8 and cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.packing is True
@@ -193,7 +193,7 @@ def test_config_yaml_round_trip_and_float_strings():
 def test_chatml_templates_get_generation_markers_without_changing_the_text(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from core.train import sft
+    from tunelab.train import sft
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     how, template = sft.loss_plan(tok)
     assert "ChatML template with generation markers added by tunelab" in how
@@ -213,7 +213,7 @@ def test_chatml_templates_get_generation_markers_without_changing_the_text(tiny_
 def test_a_few_lora_steps_on_the_bundled_model(bundled_model):
     import math
 
-    from core import datasets, runs
+    from tunelab import datasets, runs
     db, ws, name = bundled_model
     ref = datasets.import_file(db, ws, SAMPLE, "acme").version.ref
     run_id = runs.launch(db, ws, {"base_model": name, "dataset": ref, "tuning": "lora", "max_steps": 3,

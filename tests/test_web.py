@@ -1,5 +1,5 @@
 """core/web.py without a server: where sign-in may send the browser, which hosts count as this server."""
-from core import web
+from tunelab import web
 
 
 def test_after_sign_in_the_browser_stays_on_this_server():

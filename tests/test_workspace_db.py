@@ -1,6 +1,6 @@
 import sqlite3
 
-from core import db, workspace as wsmod
+from tunelab import db, workspace as wsmod
 
 
 def test_workspace_layout_under_tunelab_home(workspace):
@@ -45,7 +45,7 @@ def test_transaction_rolls_back_on_error(workspace):
 
 def test_settings_typed_and_unknown_named(workspace):
     import pytest
-    from core.errors import UserError
+    from tunelab.errors import UserError
     conn, _ = workspace
     wsmod.set_setting(conn, "max_concurrent_jobs", "3")
     assert wsmod.get_setting(conn, "max_concurrent_jobs") == 3

@@ -10,9 +10,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from core import datasets, db as dbmod, feedback, models, runs, workspace as wsmod
-from core.datasets import store
-from core.errors import UserError
+from tunelab import datasets, db as dbmod, feedback, models, runs, workspace as wsmod
+from tunelab.datasets import store
+from tunelab.errors import UserError
 from tests.conftest import REPO, run_cli
 
 ACME = REPO / "data" / "samples" / "acme_router_sft.jsonl"

@@ -9,13 +9,13 @@ Canonical rows (TRL's conversational formats, so TRL trainers read the files dir
 - prompts:    {"prompt": [msgs]}
 Each version lives in `ws.datasets_dir/<name>/v<N>/` as `<split>.jsonl` files plus `meta.json`.
 """
-from core.datasets.cleaning import clean
-from core.datasets.exporting import EXPORT_FORMATS, export
-from core.datasets.formats import FORMATS, Problem
-from core.datasets.importing import ImportResult, import_file, read_prompts, read_rows, register_rows
-from core.datasets.inspection import prompt_messages
-from core.datasets.splitting import split
-from core.datasets.store import DatasetVersion, lineage, list_datasets, resolve, versions
+from tunelab.datasets.cleaning import clean
+from tunelab.datasets.exporting import EXPORT_FORMATS, export
+from tunelab.datasets.formats import FORMATS, Problem
+from tunelab.datasets.importing import ImportResult, import_file, read_prompts, read_rows, register_rows
+from tunelab.datasets.inspection import prompt_messages
+from tunelab.datasets.splitting import split
+from tunelab.datasets.store import DatasetVersion, lineage, list_datasets, resolve, versions
 
 __all__ = ["FORMATS", "EXPORT_FORMATS", "DatasetVersion", "ImportResult", "Problem", "clean", "export",
            "import_file", "lineage", "list_datasets", "prompts_of", "read_prompts", "read_rows", "register_rows",

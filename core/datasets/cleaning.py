@@ -15,8 +15,8 @@ import zlib
 from collections import Counter
 from functools import lru_cache
 
-from core.datasets import inspection, store
-from core.errors import UserError
+from tunelab.datasets import inspection, store
+from tunelab.errors import UserError
 
 EXAMPLES = 5            # removed/changed rows kept in a step's report
 NUM_PERM = 128          # MinHash permutations: ~0.09 standard error on a Jaccard estimate

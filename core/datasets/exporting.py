@@ -10,9 +10,9 @@ import shutil
 from functools import partial
 from pathlib import Path
 
-from core import workspace
-from core.datasets import store
-from core.errors import UserError
+from tunelab import workspace
+from tunelab.datasets import store
+from tunelab.errors import UserError
 
 EXPORT_FORMATS = ("jsonl", "trl", "parquet", "hf")
 SUFFIX = {"jsonl": ".jsonl", "trl": ".jsonl", "parquet": ".parquet"}

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import UserError
+from tunelab.errors import UserError
 
 FORMATS = ("alpaca", "sharegpt", "messages", "prompt-completion", "preference", "kto", "prompts")
 KIND_OF_FORMAT = {"alpaca": "sft", "sharegpt": "sft", "messages": "sft", "prompt-completion": "sft",

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from core import workspace
-from core.datasets import formats, inspection, store
-from core.errors import UserError
+from tunelab import workspace
+from tunelab.datasets import formats, inspection, store
+from tunelab.errors import UserError
 
 Progress = Callable[[float, str], None]
 SHOWN_PROBLEMS = 50  # the report lists this many problems, then the count of the rest

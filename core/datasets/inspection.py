@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from core.errors import UserError
+from tunelab.errors import UserError
 
 HIST_BINS = 30
 
@@ -52,7 +52,7 @@ def load_tokenizer(db, ws, model: str):
     """The tokenizer of a registered model (transformers is imported only here)."""
     from transformers import AutoTokenizer
 
-    from core import models
+    from tunelab import models
     path = models.model_path(db, ws, model)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if not tokenizer.chat_template:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import random
 
-from core.datasets import store
-from core.errors import UserError
+from tunelab.datasets import store
+from tunelab.errors import UserError
 
 
 def split_rows(rows: list[dict], val: float, test: float, seed: int) -> dict[str, list[dict]]:

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import jobs
-from core import db as dbmod
-from core.errors import UserError
-from core import workspace
-from core.workspace import Workspace
+from tunelab import jobs
+from tunelab import db as dbmod
+from tunelab.errors import UserError
+from tunelab import workspace
+from tunelab.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,15 @@ and vote on it (votes.py); agreement and per-annotator figures come from quality
 battles or TRL preference rows (exporting.py), and Arena or AlpacaEval judgments come in as an
 imported campaign (importing.py).
 
-Callers use `from core import feedback` and the names below.
+Callers use `from tunelab import feedback` and the names below.
 """
-from core.feedback.campaigns import (GOLD_MODEL, Campaign, CampaignConfig, add_gold, add_gold_file,
+from tunelab.feedback.campaigns import (GOLD_MODEL, Campaign, CampaignConfig, add_gold, add_gold_file,
                                      create_campaign, get_campaign, list_campaigns, prompts)
-from core.feedback.exporting import ExportPolicy, aggregate, arena_battles, battles, export
-from core.feedback.generation import build_pairs, start_generation, store_responses, wait_generation
-from core.feedback.importing import import_judgments
-from core.feedback.quality import quality
-from core.feedback.votes import (CHOICES, SHOWN_CHOICES, STRENGTHS, Assignment, annotator_progress, cast_vote,
+from tunelab.feedback.exporting import ExportPolicy, aggregate, arena_battles, battles, export
+from tunelab.feedback.generation import build_pairs, start_generation, store_responses, wait_generation
+from tunelab.feedback.importing import import_judgments
+from tunelab.feedback.quality import quality
+from tunelab.feedback.votes import (CHOICES, SHOWN_CHOICES, STRENGTHS, Assignment, annotator_progress, cast_vote,
                                  next_pair, skip, undo_last, vote_and_next)
 
 __all__ = ["CHOICES", "GOLD_MODEL", "SHOWN_CHOICES", "STRENGTHS", "Assignment", "Campaign", "CampaignConfig",

@@ -11,10 +11,10 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from core import db as dbmod, folders, workspace
-from core.errors import UserError
-from core.generate import SamplingSettings
-from core.models import ModelSpec
+from tunelab import db as dbmod, folders, workspace
+from tunelab.errors import UserError
+from tunelab.generate import SamplingSettings
+from tunelab.models import ModelSpec
 
 GOLD_MODEL = "gold"  # the `model` of a gold pair's two answers
 
@@ -81,7 +81,7 @@ def list_campaigns(db) -> list[Campaign]:
 def _campaign(db, row: dict) -> Campaign:
     """Generating while its job is queued or running (progress from the job's status.json), failed with
     the job's error if the job ended any other way before the pairs were built."""
-    from core import jobs
+    from tunelab import jobs
     job, folder = row.pop("job_status"), row.pop("job_folder")
     if row["status"] != "ready" and job in jobs.ACTIVE:
         report = folders.read_status(jobs.home(db) / folder) if job == "running" else {}
@@ -130,7 +130,7 @@ def create_campaign(db, ws, name: str, models: list[str], *, prompts: list | Non
     if (prompts is None) == (dataset is None):
         raise UserError("prompts: give either a dataset (name or name@version) or pasted prompts")
     if dataset is not None:
-        from core import datasets
+        from tunelab import datasets
         version = datasets.resolve(db, ws, dataset)
         messages = datasets.prompts_of(version)
         source = f"dataset:{version.ref}"
@@ -184,7 +184,7 @@ def add_gold(db, name: str, rows: list[dict], source: str = "gold") -> int:
 def add_gold_file(db, name: str, path, source_name: str | None = None) -> int:
     """Gold pairs from a preference file in any format import reads (JSONL, JSON, CSV, Parquet); a bad
     record raises a UserError naming the file (`source_name`, for an upload) and its line."""
-    from core import datasets
+    from tunelab import datasets
     rows = datasets.read_rows(path, "preference", source_name)
     return add_gold(db, name, rows, source=source_name or str(path))
 

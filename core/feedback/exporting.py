@@ -10,10 +10,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core import agreement, workspace
-from core.errors import UserError
-from core.feedback.campaigns import get_campaign, list_campaigns
-from core.feedback.votes import STRENGTHS, WINNER_OF, vote_rows
+from tunelab import agreement, workspace
+from tunelab.errors import UserError
+from tunelab.feedback.campaigns import get_campaign, list_campaigns
+from tunelab.feedback.votes import STRENGTHS, WINNER_OF, vote_rows
 
 
 def battles(db, name: str | None = None) -> list[dict]:
@@ -110,7 +110,7 @@ def export(db, ws, name: str, fmt: str, out: str | Path, policy: ExportPolicy | 
     if register:
         if not rows:
             raise UserError(f"campaign {name!r}: no pair passed the export policy, so there is nothing to register")
-        from core import datasets
+        from tunelab import datasets
         version = datasets.register_rows(db, ws, register, rows, kind="preference", transform="feedback_export",
                                          params=asdict(policy or ExportPolicy()), source=f"campaign:{name}")
         doc["dataset"] = version.ref

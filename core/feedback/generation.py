@@ -13,11 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from core import db as dbmod, folders
-from core.errors import UserError
-from core.feedback.campaigns import Campaign, get_campaign, insert_pair, insert_response, prompts
-from core.generate import SamplingSettings
-from core.models import ModelSpec
+from tunelab import db as dbmod, folders
+from tunelab.errors import UserError
+from tunelab.feedback.campaigns import Campaign, get_campaign, insert_pair, insert_response, prompts
+from tunelab.generate import SamplingSettings
+from tunelab.models import ModelSpec
 
 Progress = Callable[[float, str], None]
 
@@ -26,7 +26,7 @@ def start_generation(db, ws, name: str, backend: str = "local", ray_address: str
     """Queue the campaign's generation as a `generate` job (core/jobs.py), in the queue shared with
     training and evals, on this machine or a Ray cluster; a failed or stopped one starts over, keeping
     the answers already stored. Returns the job."""
-    from core import jobs
+    from tunelab import jobs
     c = get_campaign(db, name)
     if c.status == "generating":
         raise UserError(f"campaign {name!r} is already generating")
@@ -36,7 +36,7 @@ def start_generation(db, ws, name: str, backend: str = "local", ray_address: str
     if job is not None:
         return jobs.requeue(db, job.id)
     if backend == "ray":
-        from core import ray_backend
+        from tunelab import ray_backend
         ray_address = ray_backend.check_address(ray_address)[0]
     return jobs.submit(db, "generate", c.name, ws.home / "campaigns" / c.name, backend, ray_address,
                        {"num_cpus": 1} if backend == "ray" else None)
@@ -46,7 +46,7 @@ def wait_generation(db, name: str, progress: Progress | None = None, poll_s: flo
                     timeout_s: float | None = None) -> Campaign:
     """Block until generation ends, relaying its progress; raises UserError if it did not complete, and
     TimeoutError after `timeout_s`."""
-    from core import jobs
+    from tunelab import jobs
     job = jobs.find(db, "generate", get_campaign(db, name).name)
     if job is not None:
         job = jobs.wait(db, job.id, progress, timeout_s, poll_s)
@@ -70,7 +70,7 @@ def generate_responses(db, ws, name: str, progress: Progress | None = None, batc
     """
     import gc
 
-    from core import generate
+    from tunelab import generate
     c = get_campaign(db, name)
     base = SamplingSettings(**c.settings)
     items = prompts(db, c)

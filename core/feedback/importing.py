@@ -12,12 +12,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from core import db as dbmod
-from core.datasets import formats
-from core.errors import UserError
-from core.feedback.campaigns import (CampaignConfig, as_messages, as_text, insert_campaign, insert_pair,
+from tunelab import db as dbmod
+from tunelab.datasets import formats
+from tunelab.errors import UserError
+from tunelab.feedback.campaigns import (CampaignConfig, as_messages, as_text, insert_campaign, insert_pair,
                                      insert_prompt, insert_response)
-from core.feedback.votes import CHOICE_OF, write_vote
+from tunelab.feedback.votes import CHOICE_OF, write_vote
 
 
 def _records(path: Path, name: str) -> Iterator[tuple[str, dict]]:

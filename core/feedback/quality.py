@@ -11,9 +11,9 @@ import math
 import statistics
 from collections import defaultdict
 
-from core import agreement
-from core.feedback.campaigns import get_campaign
-from core.feedback.votes import CHOICES, vote_rows
+from tunelab import agreement
+from tunelab.feedback.campaigns import get_campaign
+from tunelab.feedback.votes import CHOICES, vote_rows
 
 FLAG_AGREEMENT = 0.5
 FLAG_MIN_ITEMS = 5

@@ -16,9 +16,9 @@ import random
 import time
 from dataclasses import dataclass
 
-from core import db as dbmod, workspace
-from core.errors import UserError
-from core.feedback.campaigns import rows
+from tunelab import db as dbmod, workspace
+from tunelab.errors import UserError
+from tunelab.feedback.campaigns import rows
 
 CHOICES = ("a", "b", "tie", "both_bad")
 SHOWN_CHOICES = ("left", "right", "tie", "both_bad")

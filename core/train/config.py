@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from core import configs
-from core.configs import flat
-from core.errors import UserError
+from tunelab import configs
+from tunelab.configs import flat
+from tunelab.errors import UserError
 
 TUNINGS = ("full", "lora", "qlora")
 BACKENDS = ("local", "ray")
@@ -118,7 +118,7 @@ def methods() -> dict[str, types.ModuleType]:
     for path in sorted(Path(__file__).parent.glob("*.py")):
         tree = ast.parse(path.read_text())
         if {"Config", "train"} <= {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}:
-            found[path.stem] = importlib.import_module(f"core.train.{path.stem}")
+            found[path.stem] = importlib.import_module(f"tunelab.train.{path.stem}")
     return found
 
 
@@ -170,7 +170,7 @@ def from_dict(raw: dict, source: str = "config", places: dict[str, str] | None =
 
 def resolve(db, ws, cfg: RunConfig) -> RunConfig:
     """Check the model, dataset and init_from exist and fit; pin the dataset version. Raises UserError."""
-    from core import datasets, models
+    from tunelab import datasets, models
 
     if cfg.init_from:
         row = db.execute("SELECT r.base_model, j.status, r.folder FROM runs r JOIN jobs j ON j.kind = 'train' "
@@ -221,7 +221,7 @@ def resolve_backend(cfg: RunConfig) -> RunConfig:
             raise UserError(f"key 'num_processes': {cfg.num_processes} processes need as many GPUs, and this machine "
                             f"has {torch.cuda.device_count()}")
     if cfg.backend == "ray":
-        from core import ray_backend
+        from tunelab import ray_backend
         return ray_backend.resolve(cfg)
     return cfg
 

@@ -3,7 +3,7 @@
     backend: ray,   num_workers: N    Ray Train's TorchTrainer starts N workers on the cluster
     backend: local, num_processes: N  N processes on this machine (one per GPU; gloo on CPU)
 
-The run process (`python -m core.jobs <job id>`, runtime.run_job) stays the one that reports the outcome:
+The run process (`python -m tunelab.jobs <job id>`, runtime.run_job) stays the one that reports the outcome:
 `train(ctx)` here starts the ranks and waits for them. Each rank runs the method's own `train(ctx)`
 unchanged: the launcher sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT, transformers' Trainer
 joins the process group, gives each rank its share of every batch (the effective batch is N times
@@ -11,7 +11,7 @@ per_device_train_batch_size) and averages the gradients. Only rank 0 writes stat
 metrics.jsonl, checkpoints and final/, so resume and charts work as for one process.
 
 Local ranks are started with torch.multiprocessing rather than torchrun: torchrun puts each rank in a
-session of its own, out of reach of the SIGKILL that core.runs sends the run's process group after a
+session of its own, out of reach of the SIGKILL that tunelab.runs sends the run's process group after a
 stop's grace period; these ranks stay in the run's group.
 
 Stopping: the run process gets SIGTERM as a single-process run does, and writes `stop.request` in the
@@ -27,10 +27,10 @@ import sys
 import threading
 from pathlib import Path
 
-from core import db as dbmod
-from core.train import config as configmod
-from core.train import runtime
-from core.workspace import Workspace
+from tunelab import db as dbmod
+from tunelab.train import config as configmod
+from tunelab.train import runtime
+from tunelab.workspace import Workspace
 
 STOP_FILE = "stop.request"
 

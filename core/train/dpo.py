@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from core.train.config import RunConfig
+from tunelab.train.config import RunConfig
 
 LABEL = "DPO"
 

@@ -6,7 +6,7 @@ reference, but they need no value model. For each prompt they sample `num_genera
 group as the baseline: GRPO subtracts the group's mean reward (and divides by its spread), RLOO subtracts the
 mean of the other answers (leave one out).
 
-Prompts come from any dataset version (`core.datasets.prompts_of`): an SFT conversation gives the turns before
+Prompts come from any dataset version (`tunelab.datasets.prompts_of`): an SFT conversation gives the turns before
 its last answer, a preference pair its prompt. The reward is the `reward_model` run's score of prompt + answer,
 rendered with that model's chat template. `beta` weighs the KL to the reference (the starting policy; 0 drops
 the reference). metrics.jsonl gets per step: reward (mean), reward_std (its spread), kl, and
@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import UserError
-from core.train.config import RunConfig
+from tunelab.errors import UserError
+from tunelab.train.config import RunConfig
 
 LABEL = "PPO family: GRPO"
 
@@ -86,8 +86,8 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
     """Build and run TRL's GRPO or RLOO trainer; both take the same arguments here."""
     from datasets import Dataset
 
-    from core import datasets
-    from core.train import reward
+    from tunelab import datasets
+    from tunelab.train import reward
 
     cfg = ctx.cfg
     model, tokenizer, peft_config = ctx.load_model()

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import UserError
-from core.train.config import RunConfig
+from tunelab.errors import UserError
+from tunelab.train.config import RunConfig
 
 LABEL = "reward model"
 
@@ -113,7 +113,7 @@ def train(ctx) -> None:
         ctx.report(eval_accuracy=last["eval_accuracy"])
         ctx.phase(f"held-out pairwise accuracy {last['eval_accuracy']:.3f}")
     if (ctx.folder / "final" / "config.json").exists():
-        from core import models
+        from tunelab import models
         name = model_name(ctx.run_id)
         models.add_local(ctx.db, ctx.folder / "final", name, kind="reward", source=f"run:{ctx.run_id}")
         ctx.phase(f"registered the reward model as {name!r}")
@@ -133,8 +133,8 @@ def reward_dir(ws, run_id: str) -> Path:
     process calls this, and a training process must not touch job state."""
     import yaml
 
-    from core import workspace
-    from core.folders import read_status
+    from tunelab import workspace
+    from tunelab.folders import read_status
     folder = Path(ws.runs_dir) / workspace.check_name(run_id, "run")
     if not (folder / "config.yaml").is_file():
         raise UserError(f"no run {run_id!r} (see `tunelab runs list`)")
@@ -149,7 +149,7 @@ def reward_dir(ws, run_id: str) -> Path:
 
 def load(db, ws, run_id: str):
     """(model, tokenizer) of a completed reward run, in eval mode; a LoRA one with its adapter merged in."""
-    from core import evaluate
+    from tunelab import evaluate
     model, tokenizer = evaluate.load_reward_model(reward_dir(ws, run_id), db, ws)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
@@ -158,7 +158,7 @@ def load(db, ws, run_id: str):
 
 def score(db, ws, run_id: str, prompt: str | list[dict], response: str, max_length: int = 1024) -> float:
     """The reward run `run_id` gives `response` as the answer to `prompt` (a string or chat messages)."""
-    from core import evaluate
-    from core.generate import to_messages
+    from tunelab import evaluate
+    from tunelab.generate import to_messages
     model, tokenizer = load(db, ws, run_id)
     return evaluate.reward_scores(model, tokenizer, [to_messages(prompt)], [response], 1, max_length)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.train import grpo
+from tunelab.train import grpo
 
 LABEL = "PPO family: RLOO"
 

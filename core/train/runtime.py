@@ -1,12 +1,12 @@
 """What every method's run process shares, so that a method module only builds its TRL trainer.
 
-The job runner (`python -m core.jobs <job id>`) calls `run_job`, which reads `config.yaml`, hands a `RunContext`
+The job runner (`python -m tunelab.jobs <job id>`) calls `run_job`, which reads `config.yaml`, hands a `RunContext`
 to the method's `train(ctx)`, and reports the outcome. The context loads the base model (full, LoRA or
 QLoRA, optionally from an earlier run's result), the dataset splits, the common TrainingArguments, and
 runs the trainer with `ctx.fit(trainer)`: resume from the latest checkpoint, a graceful stop on SIGTERM,
 metrics.jsonl and status.json written by a TrainerCallback, and the result saved in `final/`.
 
-This code never changes the run's status, and imports nothing from core.jobs or core.runs: it reports
+This code never changes the run's status, and imports nothing from tunelab.jobs or tunelab.runs: it reports
 through the run folder (status.json, metrics.jsonl) and returns the outcome to the job runner, which
 records it.
 """
@@ -21,11 +21,11 @@ import time
 import traceback
 from pathlib import Path
 
-from core.errors import UserError
-from core.folders import latest_checkpoint, read_status, write_json_atomic
-from core.train import config as configmod
-from core.train import speedups
-from core.workspace import Workspace
+from tunelab.errors import UserError
+from tunelab.folders import latest_checkpoint, read_status, write_json_atomic
+from tunelab.train import config as configmod
+from tunelab.train import speedups
+from tunelab.workspace import Workspace
 
 SAVE_TOTAL_LIMIT = 2  # resume needs only the latest; one more in case the last save was cut short
 
@@ -78,7 +78,7 @@ class RunContext:
     # -- inputs
 
     def base_dir(self) -> Path:
-        from core import models
+        from tunelab import models
         return models.model_path(self.db, self.ws, self.cfg.base_model)
 
     def init_dir(self) -> Path | None:
@@ -146,7 +146,7 @@ class RunContext:
 
     def dataset_rows(self) -> dict[str, list[dict]]:
         """Split name -> canonical rows of the pinned dataset version."""
-        from core import datasets
+        from tunelab import datasets
         version = datasets.resolve(self.db, self.ws, self.cfg.dataset)
         return {split: version.load(split) for split in version.files}
 
@@ -345,7 +345,7 @@ def run_job(db, ws: Workspace, run_id: str, folder: Path) -> tuple[str, str | No
         cfg = configmod.load_file(folder / "config.yaml")
         ctx = RunContext(folder, db, ws, cfg)
         ctx.report(started_at=time.time(), error=None)
-        from core.train import distributed
+        from tunelab.train import distributed
         (distributed.train if distributed.wanted(cfg) else configmod.methods()[cfg.method].train)(ctx)
         state = "completed"
     except Stopped:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from core.train import speedups
-from core.train.config import RunConfig
+from tunelab.train import speedups
+from tunelab.train.config import RunConfig
 
 
 @dataclass

@@ -2,7 +2,7 @@
 import pytest
 from playwright.sync_api import expect
 
-from core import auth
+from tunelab import auth
 from tests.conftest import sign_in, wait_for_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]

@@ -1,8 +1,8 @@
 """An annotator labels in the real app with the keyboard only: votes land, progress moves, undo works."""
 import pytest
 
-from core import auth, feedback, models
-from core.workspace import Workspace
+from tunelab import auth, feedback, models
+from tunelab.workspace import Workspace
 from tests.conftest import sign_in, wait_for_app, wait_for_pair
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]

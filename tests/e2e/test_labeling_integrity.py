@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from core import auth
-from core.workspace import Workspace
+from tunelab import auth
+from tunelab.workspace import Workspace
 from tests.conftest import ready_campaign, sign_in, wait_for_app, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]

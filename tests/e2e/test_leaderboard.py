@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from core import auth, evaluate, feedback, models
-from core.workspace import Workspace
+from tunelab import auth, evaluate, feedback, models
+from tunelab.workspace import Workspace
 from tests.conftest import arena_file, make_dataset, sign_in, wait_for_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from core import auth
+from tunelab import auth
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, App, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]

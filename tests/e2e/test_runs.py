@@ -29,8 +29,8 @@ def _step(page) -> int:
 @pytest.fixture
 def app_db(app, tiny_model_dir):
     """The app's workspace with an engineer, a viewer, the tiny model and the sample data."""
-    from core import auth, datasets, models
-    from core.workspace import Workspace
+    from tunelab import auth, datasets, models
+    from tunelab.workspace import Workspace
     db, ws = app.db(), Workspace(app.home).ensure()
     auth.add_user(db, "root", "admin", PASSWORD)  # the first user must be an admin
     auth.add_user(db, "eve", "engineer", PASSWORD)
@@ -97,8 +97,8 @@ def test_engineer_launches_watches_and_stops_a_run(app, app_db, page, browser):
 def test_run_named_in_the_url_opens_and_the_url_follows_the_pick(app, app_db, page):
     """The Leaderboard links to /runs?run=ID: that run opens, not the newest, and picking another run
     puts it in the URL (to share or reload)."""
-    from core import runs, workspace
-    from core.workspace import Workspace
+    from tunelab import runs, workspace
+    from tunelab.workspace import Workspace
     db, ws = app_db, Workspace(app.home)
     workspace.set_setting(db, "max_concurrent_jobs", 0)  # a paused queue: the runs stay queued, nothing trains
     config = {"method": "sft", "base_model": "tiny", "dataset": "acme", "max_steps": 1}

@@ -15,8 +15,8 @@ BATTLE = {"model_a": "m1", "model_b": "m2", "winner": "model_a", "judge": "j",
 
 @pytest.mark.timeout(180)
 def test_upload_named_with_a_path_writes_nowhere_but_a_temp_file(app, page, tmp_path):
-    from core import datasets
-    from core.workspace import Workspace
+    from tunelab import datasets
+    from tunelab.workspace import Workspace
     conn, ws = app.db(), Workspace(app.home)
     source = tmp_path / "rows.jsonl"
     source.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
