@@ -36,7 +36,8 @@ def test_sigkilled_run_is_interrupted_and_resumes_from_its_checkpoint(sft_data):
     db, ws, ref = sft_data
     run_id = runs.launch(db, ws, tiny_config(ref))
     run = runs.get(db, run_id)
-    wait_until(lambda: (run.path / "checkpoint-2" / "trainer_state.json").exists())
+    # checkpoint-2 lives only until checkpoint-6 rotates it out: on the tiny model, a few hundred ms.
+    wait_until(lambda: (run.path / "checkpoint-2" / "trainer_state.json").exists(), every=0.01)
     os.kill(run.pid, signal.SIGKILL)
     wait_until(lambda: not psutil.pid_exists(run.pid) or psutil.Process(run.pid).status() == psutil.STATUS_ZOMBIE)
 

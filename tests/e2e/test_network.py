@@ -193,6 +193,6 @@ def test_signed_out_visitor_sees_no_traceback(app, page):
     for f in ("tunelab.db-wal", "tunelab.db-shm"):
         (app.home / f).unlink(missing_ok=True)
     page.goto(app.url)
-    page.get_by_text("Something went wrong").wait_for()
+    page.get_by_text("Something went wrong").wait_for(timeout=60_000)
     body = page.inner_text("body")
     assert "Traceback" not in body and 'File "' not in body and "sqlite3" not in body
