@@ -55,7 +55,8 @@ def train(ctx: runtime.RunContext) -> None:
                 return
 
     ctx.training = True
-    threading.Thread(target=forward_stop, daemon=True).start()
+    forwarder = threading.Thread(target=forward_stop, daemon=True)
+    forwarder.start()
     try:
         if ctx.cfg.backend == "ray":
             _run_ray(ctx)
@@ -66,6 +67,7 @@ def train(ctx: runtime.RunContext) -> None:
             raise
     finally:
         done.set()
+        forwarder.join()  # else a touch already under way could land after the unlink below
         ctx.training = False
         stop_file.unlink(missing_ok=True)
     if ctx.stop_requested:

@@ -186,7 +186,9 @@ def test_sign_in_is_throttled_and_the_page_says_so(app, page):
 @pytest.mark.timeout(120)
 def test_signed_out_visitor_sees_no_traceback(app, page):
     """A damaged database: the visitor gets one line, the details stay in the server's log."""
-    auth.add_user(app.db(), "root", "admin", PASSWORD)
+    conn = app.db()
+    auth.add_user(conn, "root", "admin", PASSWORD)
+    conn.close()  # else its close, whenever it came, would checkpoint the WAL over the damage below
     page.goto(app.url)
     page.get_by_role("button", name="Sign in").wait_for()
     (app.home / "tunelab.db").write_bytes(b"this is not a database" * 100)
