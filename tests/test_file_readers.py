@@ -160,3 +160,22 @@ def test_a_bad_line_in_an_eval_reference_file_is_named(workspace, tmp_path):
     ref.write_text('{"text": "fine"}\n{"body": "no text"}\n')
     with pytest.raises(UserError, match=r"general.jsonl: line 2: no 'text' field"):
         evaluate.reference_texts(conn, ws, str(ref), None)
+
+
+@pytest.mark.parametrize("bad", [
+    {"conversation_a": ["hi", "yo"]},
+    {"model_a": 1},
+    {"tstamp": "noon"},
+    {"conversation_a": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": {"a": 1}}]},
+])
+def test_hostile_arena_fields_are_named_not_crashed_on(workspace, tmp_path, bad):
+    """Wrong-typed Arena fields give a UserError naming the file and record, and store nothing."""
+    conn, _ = workspace
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    rec = {"model_a": "m1", "model_b": "m2", "winner": "model_a", "conversation_a": conv,
+           "conversation_b": conv, "tstamp": 1700000000.0, **bad}
+    path = tmp_path / "hostile.jsonl"
+    path.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(UserError, match=r"hostile\.jsonl record 1"):
+        feedback.import_judgments(conn, path, "arena", "c")
+    assert conn.execute("SELECT count(*) FROM campaigns WHERE name = 'c'").fetchone()[0] == 0

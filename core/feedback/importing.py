@@ -26,10 +26,36 @@ def _records(path: Path, name: str) -> Iterator[tuple[str, dict]]:
         yield f"{name} record {number}", rec.data
 
 
-def _conversation_split(conv, where: str) -> tuple[list[dict], str]:
-    if not isinstance(conv, list) or not conv or conv[-1].get("role") != "assistant":
+def _conversation_split(conv, where: str, field: str) -> tuple[list[dict], str]:
+    if not isinstance(conv, list) or not conv:
         raise UserError(f"{where}: expected a conversation ending with an assistant turn")
-    return [{"role": m["role"], "content": m["content"]} for m in conv[:-1]], str(conv[-1]["content"])
+    try:
+        msgs = formats._messages(conv, field)
+    except formats.Invalid as exc:
+        raise UserError(f"{where}: {exc}") from None
+    if msgs[-1]["role"] != "assistant":
+        raise UserError(f"{where}: expected a conversation ending with an assistant turn")
+    return msgs[:-1], msgs[-1]["content"]
+
+
+def _text_field(r: dict, key: str, where: str) -> str:
+    if not isinstance(r[key], str):
+        raise UserError(f"{where}: field {key!r} must be text, not {type(r[key]).__name__}")
+    return r[key]
+
+
+def _tstamp(value, where: str) -> float:
+    if value is None or value == "":
+        return time.time()
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        out = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: field 'tstamp' is {value!r}; expected a Unix time in seconds") from None
+    if not math.isfinite(out):
+        raise UserError(f"{where}: field 'tstamp' is {value!r}; expected a Unix time in seconds")
+    return out or time.time()
 
 
 def _parse_arena(path: Path, name: str) -> list[dict]:
@@ -38,20 +64,22 @@ def _parse_arena(path: Path, name: str) -> list[dict]:
         for k in ("model_a", "model_b", "winner"):
             if k not in r:
                 raise UserError(f"{where}: missing field {k!r}")
-        if r["winner"] not in CHOICE_OF:
+        model_a, model_b = _text_field(r, "model_a", where), _text_field(r, "model_b", where)
+        if not isinstance(r["winner"], str) or r["winner"] not in CHOICE_OF:
             raise UserError(f"{where}: field 'winner' is {r['winner']!r}; expected one of {', '.join(CHOICE_OF)}")
         if "conversation_a" in r:
-            prompt, text_a = _conversation_split(r["conversation_a"], f"{where} field 'conversation_a'")
-            prompt_b, text_b = _conversation_split(r.get("conversation_b"), f"{where} field 'conversation_b'")
+            prompt, text_a = _conversation_split(r["conversation_a"], f"{where} field 'conversation_a'", "conversation_a")
+            prompt_b, text_b = _conversation_split(r.get("conversation_b"), f"{where} field 'conversation_b'",
+                                                   "conversation_b")
             if prompt_b != prompt:
                 raise UserError(f"{where}: conversation_a and conversation_b have different prompts")
         elif all(k in r for k in ("prompt", "response_a", "response_b")):
             prompt, text_a, text_b = as_messages(r["prompt"]), as_text(r["response_a"]), as_text(r["response_b"])
         else:
             raise UserError(f"{where}: needs conversation_a/conversation_b or prompt/response_a/response_b")
-        out.append({"prompt": prompt, "model_a": r["model_a"], "model_b": r["model_b"], "text_a": text_a,
+        out.append({"prompt": prompt, "model_a": model_a, "model_b": model_b, "text_a": text_a,
                     "text_b": text_b, "choice": CHOICE_OF[r["winner"]], "strength": None, "left_is_a": True,
-                    "judge": str(r.get("judge") or Path(name).stem), "tstamp": float(r.get("tstamp") or time.time())})
+                    "judge": str(r.get("judge") or Path(name).stem), "tstamp": _tstamp(r.get("tstamp"), where)})
     return out
 
 
@@ -80,10 +108,13 @@ def _parse_alpaca_eval(path: Path, name: str) -> tuple[list[dict], int]:
             lean = pref - 1.5   # below 0 leans to output_1
             choice = "tie" if abs(lean) < 1e-9 else "a" if lean < 0 else "b"
             strength = None if choice == "tie" else 2 if abs(lean) >= 0.25 else 1
-        prompt = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        prompt = _text_field(r, "instruction", where)
+        if r.get("input"):
+            prompt += f"\n\n{_text_field(r, 'input', where)}"
+        text_a, text_b = _text_field(r, "output_1", where), _text_field(r, "output_2", where)
         out.append({"prompt": as_messages(prompt), "model_a": str(r.get("generator_1") or "output_1"),
-                    "model_b": str(r.get("generator_2") or "output_2"), "text_a": str(r["output_1"]),
-                    "text_b": str(r["output_2"]), "choice": choice, "strength": strength, "left_is_a": None,
+                    "model_b": str(r.get("generator_2") or "output_2"), "text_a": text_a,
+                    "text_b": text_b, "choice": choice, "strength": strength, "left_is_a": None,
                     "judge": str(r.get("annotator") or Path(name).stem), "tstamp": time.time()})
     return out, skipped
 
