@@ -84,7 +84,7 @@ def on_script_error(exc: Exception) -> bool:
     except Exception:
         user = None
     if user is not None and isinstance(exc, UserError):
-        st.error(str(exc))
+        _ui.show_error(str(exc))
         return True
     if user is not None and user.role in ("admin", "engineer"):
         return False

@@ -56,6 +56,7 @@ from tunelab.errors import UserError
 STATUSES = ("queued", "running", "completed", "failed", "stopped", "interrupted")
 ACTIVE = ("queued", "running")
 FINAL = ("completed", "failed", "stopped", "interrupted")
+RESUMABLE = ("stopped", "interrupted", "failed")  # may be queued again
 STOP_GRACE_S = 30.0  # after SIGTERM, the time a job gets to save its work (a checkpoint) before SIGKILL
 # What a job's process runs: "module:function", called as function(db, ws, target, folder) and returning
 # (final status, error). Its exceptions are recorded as `failed`.
@@ -209,11 +210,11 @@ def submit(db, kind: str, target: str, folder: Path, backend: str = "local", ray
     return get(db, job_id)
 
 
-def requeue(db, job_id: int, allowed: tuple[str, ...] = ("stopped", "interrupted", "failed")) -> Job:
-    """Queue an ended job again (its run_seconds carry on) and start it if a slot is free."""
+def requeue(db, job_id: int) -> Job:
+    """Queue a stopped, interrupted or failed job again (its run_seconds carry on); start it if a slot is free."""
     job = get(db, job_id)
-    if job.status not in allowed:
-        raise UserError(f"{job.kind} job {job.id} ({job.target}) is {job.status}; only a {', '.join(allowed)} one "
+    if job.status not in RESUMABLE:
+        raise UserError(f"{job.kind} job {job.id} ({job.target}) is {job.status}; only a {', '.join(RESUMABLE)} one "
                         "can be started again")
     db.execute("UPDATE jobs SET status = 'queued', error = NULL, finished_at = NULL, stop_requested_at = NULL "
                "WHERE id = ? AND status = ?", [job.id, job.status])
@@ -223,7 +224,8 @@ def requeue(db, job_id: int, allowed: tuple[str, ...] = ("stopped", "interrupted
 
 def run_here(db, kind: str, target: str, folder: Path, work: Callable[[], None]) -> Job:
     """Do a job's work in this process, recorded as a job like any other (the demo saves a process start
-    per eval this way). It takes no queue slot: it runs now, in the caller's time. Re-raises a failure."""
+    per eval this way). It runs now, in the caller's time, and holds a queue slot while it does, so queued
+    jobs wait for it. Re-raises a failure."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     now = time.time()
     job_id = db.execute(

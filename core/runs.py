@@ -31,9 +31,7 @@ from tunelab import jobs, workspace
 from tunelab.errors import UserError
 from tunelab.folders import read_status
 
-STATUSES = jobs.STATUSES
-FINAL = jobs.FINAL
-RESUMABLE = ("stopped", "interrupted", "failed")
+RESUMABLE = jobs.RESUMABLE
 EXIT_CODES = {"completed": 0, "failed": 1, "interrupted": 1, "stopped": 1}
 
 
@@ -221,7 +219,7 @@ def resume(db, run_id: str) -> Run:
     job = _job(db, run_id)
     if job.status not in RESUMABLE:
         raise UserError(f"run {run_id} is {job.status}; only a {', '.join(RESUMABLE)} run can be resumed")
-    jobs.requeue(db, job.id, RESUMABLE)
+    jobs.requeue(db, job.id)
     return get(db, run_id)
 
 
@@ -234,14 +232,6 @@ def wait(db, run_id: str, progress: Callable[[float, str], None] | None = None, 
 
 
 # ---------------------------------------------------------------- results
-
-def result_dir(db, run_id: str) -> Path:
-    run = get(db, run_id)
-    final = run.path / "final"
-    if run.status != "completed" or not final.is_dir():
-        raise UserError(f"run {run_id} is {run.status} and has no result in {final}")
-    return final
-
 
 def merge(db, ws, run_id: str, name: str, progress: Callable[[float, str], None] | None = None):
     """Merge a LoRA run's adapter into its base as a standalone model folder, and register it (kind 'merged')."""

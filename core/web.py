@@ -130,9 +130,12 @@ async def _respond(send, status: int, body: bytes, content_type: str, extra: lis
 # ---------------------------------------------------------------- sign-in
 
 def client_is_local(peer: str | None, headers) -> bool:
-    """A client on this machine, not relayed: local-admin mode answers only these."""
+    """A client on this machine, not relayed: local-admin mode answers only these. Streamlit reports a
+    loopback peer as None, but also a peer it does not know (a unix socket behind a proxy), so the request
+    must also be addressed to a loopback name."""
     relayed = any(h in headers for h in ("forwarded", "x-forwarded-for", "x-real-ip"))
-    return not relayed and (peer is None or is_loopback(peer))
+    addressed_here = is_loopback(_host_of(headers.get("host", "")))
+    return not relayed and addressed_here and (peer is None or is_loopback(peer))
 
 
 def _safe_next(value: str | None) -> str:

@@ -89,14 +89,19 @@ def _this_path() -> str:
     return "/" + url.split("://", 1)[1].split("/", 1)[1] if url.count("/") >= 3 else "/"
 
 
+def show_error(message: str) -> None:
+    """st.error for a message that may quote a name, a record from a file or a model's output: it loads
+    no images."""
+    st.error(untrusted.markdown(message))
+
+
 @contextmanager
 def user_errors():
-    """Show a UserError with st.error instead of a traceback; its message may quote a name or a record
-    from a file, so it loads no images either."""
+    """Show a UserError with st.error instead of a traceback."""
     try:
         yield
     except UserError as exc:
-        st.error(untrusted.markdown(str(exc)))
+        show_error(str(exc))
 
 
 def config_form_fields(cls, key: str, *, skip=(), options: dict | None = None, defaults: dict | None = None,

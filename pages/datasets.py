@@ -7,7 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from tunelab import datasets, models, workspace
+from tunelab import datasets, models, untrusted, workspace
 from tunelab.datasets import cleaning, formats, inspection
 from pages import _ui
 
@@ -93,8 +93,8 @@ with st.expander("Import a file", expanded=not existing or "last_import" in st.s
         st.success(f"Imported {last['imported']} of {last['records']} records as **{last['ref']}**. "
                    f"Detected format: **{last['detected_format']}** (kind {last['kind']}).")
         if last["skipped"]:
-            st.warning(f"Skipped {last['skipped']} bad records:\n\n" + "\n".join(
-                f"- {p['where']}: {p['reason']}" for p in last["skipped_records"][:50]))
+            st.warning(untrusted.markdown(f"Skipped {last['skipped']} bad records:\n\n" + "\n".join(
+                f"- {p['where']}: {p['reason']}" for p in last["skipped_records"][:50])))
 
 existing = datasets.list_datasets(conn)
 if not existing:

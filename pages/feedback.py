@@ -76,7 +76,7 @@ else:
         if busy:
             st.session_state.fb_busy = selected
         elif c.status == "failed":
-            st.error(f"Generation failed: {c.error}")
+            _ui.show_error(f"Generation failed: {c.error}")
             if st.button("Retry generation"):
                 with _ui.user_errors():
                     feedback.start_generation(conn, ws, c.name)

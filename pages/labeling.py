@@ -43,7 +43,7 @@ def _vote(assignment_id: int, choice: str, strength: int | None) -> None:
     try:
         feedback.vote_and_next(conn, assignment_id, choice, strength, annotator_id=acting.id)
     except UserError as exc:  # a press for a pair skipped or taken back since it was drawn
-        st.toast(str(exc))
+        st.toast(untrusted.markdown(str(exc)))
 
 
 def _skip(assignment_id: int) -> None:

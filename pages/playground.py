@@ -8,7 +8,6 @@ from pathlib import Path
 import streamlit as st
 
 from tunelab import configs, generate, models, untrusted
-from tunelab.errors import UserError
 from pages import _ui
 
 _ui.guard("playground")
@@ -31,11 +30,9 @@ def sampling_settings() -> generate.SamplingSettings:
     with st.sidebar:
         st.subheader("Sampling")
         values = _ui.config_form_fields(generate.SamplingSettings, "pg", multiline={"system_prompt"})
-        try:
+        with _ui.user_errors():
             return configs.from_mapping(generate.SamplingSettings, values, "sampling")
-        except UserError as exc:
-            st.error(str(exc))
-            st.stop()
+        st.stop()
 
 
 specs = [str(s) for s in models.chat_choices(conn)]

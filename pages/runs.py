@@ -96,7 +96,7 @@ def show_charts(frames: dict[str, list[dict]], key: str) -> None:
 def _stop_job(job_id: int) -> None:
     """The Stop button's callback: it runs before the page's guard, so it checks the role itself."""
     who = _ui.allowed("runs")
-    if who is None or who.role not in ("admin", "engineer"):
+    if who is None or who.role not in ACTORS:
         return
     with _ui.user_errors():
         jobs.stop(conn, job_id, wait=False)
@@ -167,7 +167,7 @@ with live_tab:
             st.progress(min(1.0, float(st_.get("progress") or 0.0)),
                         f"{st_.get('phase', '')}" + (f" · ETA {_duration(eta)}" if eta is not None else ""))
         if run.error:
-            st.error(run.error)
+            _ui.show_error(run.error)
         act = cost.actual(run)
         a, b, c, d, e = st.columns(5)
         a.metric("Step", f"{step} / {total or '?'}")

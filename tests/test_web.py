@@ -34,8 +34,11 @@ def test_host_header_forms():
 
 
 def test_only_unrelayed_loopback_clients_are_local():
-    assert web.client_is_local(None, {})            # Streamlit reports loopback as None
-    assert web.client_is_local("127.0.0.5", {})
-    assert not web.client_is_local("10.1.2.3", {})
-    assert not web.client_is_local(None, {"x-forwarded-for": "10.1.2.3"})
-    assert not web.client_is_local("127.0.0.1", {"forwarded": "for=10.1.2.3"})
+    here = {"host": "127.0.0.1:8501"}
+    assert web.client_is_local(None, here)          # Streamlit reports loopback as None
+    assert web.client_is_local("127.0.0.5", {"host": "localhost:8501"})
+    assert not web.client_is_local("10.1.2.3", here)
+    assert not web.client_is_local(None, {**here, "x-forwarded-for": "10.1.2.3"})
+    assert not web.client_is_local("127.0.0.1", {**here, "forwarded": "for=10.1.2.3"})
+    # An unknown peer (a unix socket behind a proxy) asking for a public name is not this machine's owner.
+    assert not web.client_is_local(None, {"host": "tunelab.example.com"})

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from tunelab import db as dbmod, folders
+from tunelab import db as dbmod, folders, workspace
 from tunelab.errors import UserError
 from tunelab.feedback.campaigns import Campaign, get_campaign, insert_pair, insert_response, prompts
 from tunelab.generate import SamplingSettings
@@ -38,7 +38,8 @@ def start_generation(db, ws, name: str, backend: str = "local", ray_address: str
     if backend == "ray":
         from tunelab import ray_backend
         ray_address = ray_backend.check_address(ray_address)[0]
-    return jobs.submit(db, "generate", c.name, ws.home / "campaigns" / c.name, backend, ray_address,
+    folder = workspace.inside(ws.home / "campaigns", ws.home / "campaigns" / workspace.check_name(c.name, "campaign"))
+    return jobs.submit(db, "generate", c.name, folder, backend, ray_address,
                        {"num_cpus": 1} if backend == "ray" else None)
 
 
