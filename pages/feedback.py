@@ -145,7 +145,7 @@ else:
                      query_params={"method": "grpo", "dataset": registered})
 
     # ------------------------------------------------------------ gold pairs
-    with st.expander("Add gold pairs"):
+    with st.expander("Add gold pairs", key="gold_box"):
         st.caption("A preference file (JSONL, JSON, CSV or Parquet) with prompt, chosen, rejected: 'chosen' is the "
                    "known better answer. Every annotator sees each gold pair once, mixed in with the rest.")
         gold = st.file_uploader("Gold file", type=list(UPLOAD_TYPES), key="gold_file")
@@ -155,7 +155,7 @@ else:
                 st.success(f"Added {n} gold pairs.")
 
 # ---------------------------------------------------------------- import
-with st.expander("Import external judgments"):
+with st.expander("Import external judgments", key="import_box"):
     with st.form("import"):
         upload = st.file_uploader("Arena battles or AlpacaEval annotations (JSON, JSONL, CSV or Parquet)",
                                   type=list(UPLOAD_TYPES))

@@ -267,6 +267,19 @@ def wait_for_app(page) -> None:
         "!document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
 
 
+def upload(page, file_input, file, *, clears: str | None = None) -> None:
+    """Give a file uploader a file and wait until the page has rerun with it. A click made while the
+    upload is still under way reruns the page with the file before, so a test must not click early.
+    `clears` names a text of the previous run that the rerun with the new file removes."""
+    file_input.set_input_files(file)
+    name = file["name"] if isinstance(file, dict) else Path(file).name
+    page.locator(f'[data-testid="stFileChipName"][title={json.dumps(name)}]').last.wait_for()
+    page.locator('[data-testid="stFileChipIconSpinner"]').first.wait_for(state="detached")
+    if clears:
+        page.get_by_text(clears).first.wait_for(state="detached")
+    wait_for_app(page)
+
+
 def wait_for_pair(page, conn, annotator_id: int) -> None:
     """Wait until the vote buttons of the annotator's open pair are drawn. Their keys carry the pair's
     assignment id, and the labeling page drops a key press made before they are there (it was meant for

@@ -6,7 +6,7 @@ import pytest
 
 from tunelab import auth
 from tunelab.workspace import Workspace
-from tests.conftest import ready_campaign, sign_in, wait_for_app
+from tests.conftest import ready_campaign, sign_in, upload, wait_for_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
@@ -25,15 +25,16 @@ def test_gold_upload_with_a_bad_line_shows_the_error_naming_it(app, page, tiny_m
     wait_for_app(page)
     page.get_by_text("Add gold pairs").first.click()
     uploader = page.locator(".st-key-gold_file input[type=file]")
-    uploader.set_input_files({"name": "my-gold.jsonl", "mimeType": "application/json",
-                              "buffer": (json.dumps(GOLD) + "\n{broken\n").encode()})
+    upload(page, uploader, {"name": "my-gold.jsonl", "mimeType": "application/json",
+                            "buffer": (json.dumps(GOLD) + "\n{broken\n").encode()})
     page.get_by_role("button", name="Add gold pairs").click()
     page.get_by_text("my-gold.jsonl: line 2: not JSON").wait_for()
     assert page.get_by_text("Traceback").count() == 0
     assert conn.execute("SELECT count(*) FROM pairs WHERE gold IS NOT NULL").fetchone()[0] == 0
 
-    uploader.set_input_files({"name": "my-gold.csv", "mimeType": "text/csv",
-                              "buffer": b"prompt,chosen,rejected\n2+2?,4,5\n3+3?,6,7\n"})
+    upload(page, uploader, {"name": "my-gold.csv", "mimeType": "text/csv",
+                            "buffer": b"prompt,chosen,rejected\n2+2?,4,5\n3+3?,6,7\n"},
+           clears="line 2: not JSON")
     page.get_by_role("button", name="Add gold pairs").click()
     page.get_by_text("Added 2 gold pairs.").wait_for()
     assert conn.execute("SELECT count(*) FROM pairs WHERE gold IS NOT NULL").fetchone()[0] == 2

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.conftest import wait_for_app
+from tests.conftest import upload, wait_for_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
@@ -31,11 +31,12 @@ def test_upload_named_with_a_path_writes_nowhere_but_a_temp_file(app, page, tmp_
     page.get_by_text("Import external judgments").click()
     payload = (json.dumps(BATTLE) + "\n").encode()
     uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]').last
-    for hostile in (str(victim), f"../../../../../..{outside}"):
-        uploader.set_input_files({"name": hostile, "mimeType": "application/json", "buffer": payload})
+    for hostile, result in ((str(victim), "1 votes added, 0 updated"),
+                            (f"../../../../../..{outside}", "0 votes added, 1 updated")):
+        upload(page, uploader, {"name": hostile, "mimeType": "application/json", "buffer": payload})
         page.get_by_label("Campaign name").fill("imported")
         page.get_by_role("button", name="Import").click()
-        page.get_by_text("votes added").wait_for()
+        page.get_by_text(result).wait_for()
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == before
     assert not outside.exists()
     assert datasets.resolve(conn, ws, "victim@1").load() == [json.loads(victim.read_text())]
