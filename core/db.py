@@ -321,6 +321,35 @@ MIGRATIONS: list[tuple[str, str]] = [
     ALTER TABLE campaigns DROP COLUMN error;
     UPDATE settings SET key = 'max_concurrent_jobs' WHERE key = 'max_concurrent_runs';
     """),
+    ("0012_judges", """
+    -- Judges (core/feedback/judges.py) vote on a campaign's pairs as non-human annotators. Their verdicts
+    -- live in `judgments`, apart from the people's `votes`, so they never count as human agreement.
+    ALTER TABLE campaigns ADD COLUMN sampling TEXT NOT NULL DEFAULT 'uniform'
+        CHECK (sampling IN ('uniform', 'active'));        -- how the next pair is chosen (feedback/sampling.py)
+    ALTER TABLE pairs ADD COLUMN triaged_by TEXT;         -- the judge whose confident verdict stands; not sent to people
+    CREATE TABLE judges (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        campaign_id INTEGER NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('reward', 'chat', 'endpoint')),
+        spec_json TEXT NOT NULL,                -- what it is: run id, model spec or base_url/model/key variable
+        created_at REAL NOT NULL,
+        UNIQUE (campaign_id, name)
+    );
+    CREATE TABLE judgments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        pair_id INTEGER NOT NULL REFERENCES pairs(id) ON DELETE CASCADE,
+        campaign_id INTEGER NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+        judge_id INTEGER NOT NULL REFERENCES judges(id) ON DELETE CASCADE,
+        choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'both_bad')),  -- the verdict, in pair terms
+        margin REAL,                            -- how sure: reward(a) - reward(b), or P(a) - P(b) over both orders
+        first_a TEXT,                           -- verdict with A shown first (pair terms); NULL: no order (reward)
+        first_b TEXT,                           -- verdict with B shown first, mapped back to pair terms
+        cast_at REAL NOT NULL,
+        UNIQUE (pair_id, judge_id)
+    );
+    CREATE INDEX judgments_campaign ON judgments(campaign_id, judge_id);
+    """),
 ]
 
 

@@ -25,6 +25,10 @@ class CampaignConfig:
     samples: int = field(default=1, metadata={"help": "Answers sampled per prompt and model; pairs are built per sample."})
     overlap: int = field(default=3, metadata={"help": "Annotators who vote on each pair (K), for agreement."})
     guidelines: str = field(default="", metadata={"help": "Instructions shown to annotators (markdown)."})
+    sampling: str = field(default="active", metadata={
+        "help": "How the next pair is chosen: 'active' favours the model pairs whose rating intervals overlap, "
+                "near the top first (fewer votes to a settled ranking); 'uniform' hands pairs out in random order.",
+        "choices": ("active", "uniform")})
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Campaign:
     models: list[str]
     samples: int
     overlap: int
+    sampling: str
     settings: dict
     guidelines: str
     judge: str | None
@@ -48,7 +53,8 @@ class Campaign:
     @classmethod
     def from_row(cls, row: dict) -> "Campaign":
         return cls(id=row["id"], name=row["name"], source=row["source"], models=json.loads(row["models_json"]),
-                   samples=row["samples"], overlap=row["overlap"], settings=json.loads(row["settings_json"]),
+                   samples=row["samples"], overlap=row["overlap"], sampling=row["sampling"],
+                   settings=json.loads(row["settings_json"]),
                    guidelines=row["guidelines"], judge=row["judge"], status=row["status"],
                    progress=row["progress"], progress_message=row["progress_message"], pid=row["pid"],
                    error=row["error"], created_at=row["created_at"])
@@ -125,6 +131,8 @@ def create_campaign(db, ws, name: str, models: list[str], *, prompts: list | Non
         raise UserError(f"models: a campaign compares two or more distinct models, got {models}")
     if config.samples < 1 or config.overlap < 1:
         raise UserError("samples and overlap: must be at least 1")
+    if config.sampling not in ("active", "uniform"):
+        raise UserError(f"sampling {config.sampling!r}: expected active or uniform")
     if config.samples > 1 and settings.temperature <= 0:
         raise UserError("temperature: must be above 0 when samples > 1, or every sample is the same answer")
     if (prompts is None) == (dataset is None):
@@ -194,9 +202,9 @@ def add_gold_file(db, name: str, path, source_name: str | None = None) -> int:
 def insert_campaign(db, name, source, models, config, settings, judge, status, created_by) -> int:
     workspace.check_name(name, "campaign")  # it names export files (the Register button)
     cur = db.execute(
-        "INSERT INTO campaigns(name, source, models_json, samples, overlap, settings_json, guidelines, judge, "
-        "status, progress, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-        [name, source, json.dumps(models), config.samples, config.overlap, json.dumps(settings),
+        "INSERT INTO campaigns(name, source, models_json, samples, overlap, sampling, settings_json, guidelines, "
+        "judge, status, progress, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        [name, source, json.dumps(models), config.samples, config.overlap, config.sampling, json.dumps(settings),
          config.guidelines, judge, status, created_by, time.time()])
     return cur.lastrowid
 
