@@ -281,20 +281,30 @@ def text_perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max
     return math.exp(total / count)
 
 
-def load_reward_model(folder: Path, db=None, ws: Workspace | None = None):
-    """A sequence-classification model from a folder, or a PEFT adapter on one; with its tokenizer."""
+def reward_base(folder: Path, db=None, ws: Workspace | None = None) -> Path | None:
+    """The base model folder a reward adapter in `folder` sits on (None for a whole model)."""
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").exists():
+        return None
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    if Path(base).is_dir():
+        return Path(base)
+    if db is None or not base:
+        raise UserError(f"{folder}/adapter_config.json: base model {base!r} is not a folder")
+    from tunelab import models
+    return models.model_path(db, ws, base)
+
+
+def load_reward_model(folder: Path, db=None, ws: Workspace | None = None, base: Path | None = None):
+    """A sequence-classification model from a folder, or a PEFT adapter on one (on `base`, else the one its
+    adapter_config names); with its tokenizer."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(folder)
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
-        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
-        if not Path(base).is_dir():
-            if db is None or not base:
-                raise UserError(f"{folder}/adapter_config.json: base model {base!r} is not a folder")
-            from tunelab import models
-            base = str(models.model_path(db, ws, base))
+        base = str(base or reward_base(folder, db, ws))
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, str(folder))
         tokenizer_dir = folder if (folder / "tokenizer_config.json").exists() else Path(base)
@@ -378,16 +388,49 @@ def _base_of_merged(db, model: str) -> str | None:
 def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = None,
              outputs: Path | None = None) -> dict:
     """Evaluate `config` here and now; returns the metrics. `outputs` receives one JSON line per row."""
-    from tunelab import datasets, generate, models
+    return evaluate_inputs(eval_inputs(db, ws, config), config, progress, outputs)
+
+
+def eval_inputs(db, ws: Workspace, config: EvalConfig) -> dict:
+    """Everything an eval reads, as paths and plain values, so that it runs without the workspace
+    (core/remote.py ships these): the dataset version's folder, kind and ref; the model and adapter
+    folders; the reward model's folder and base; the reference texts; the base model of a merged or
+    fully tuned model (for forgetting)."""
+    from tunelab import datasets, models
+    version = datasets.resolve(db, ws, config.dataset)
+    split_files = version.files  # checked against the version's content hash
+    path, adapter = config.spec.folders(db, ws)
+    reward = None
+    if config.reward:
+        reward = ws.runs_dir / config.reward / "final"
+        if not reward.exists():
+            raise UserError(f"reward run {config.reward}: no model at {reward}")
+    ref_label, texts = reference_texts(db, ws, config.reference, config.limit)
+    merged_from = None if adapter is not None else config.model if config.adapter else _base_of_merged(db, config.model)
+    return {"dataset": next(iter(split_files.values())).parent, "dataset_kind": version.kind,
+            "dataset_ref": version.ref, "model": path, "adapter": adapter, "reward": reward,
+            "reward_base": reward_base(reward, db, ws) if reward else None, "reference_label": ref_label,
+            "reference_texts": texts,
+            "merged_from": models.model_path(db, ws, merged_from) if merged_from is not None else None}
+
+
+def evaluate_inputs(inputs: dict, config: EvalConfig, progress: Progress | None = None,
+                    outputs: Path | None = None) -> dict:
+    """Evaluate `config` on `inputs` (eval_inputs, or copies of them on a cluster); returns the metrics."""
+    from tunelab import generate
+    from tunelab.train.runtime import dataset_rows
 
     report = progress or (lambda f, m: None)
     started = time.time()
-    version = datasets.resolve(db, ws, config.dataset)
-    split = config.split or next(s for s in ("test", "validation", "train") if s in version.files)
-    rows = version.load(split)[:config.limit] if config.limit else version.load(split)
+    splits = dataset_rows(inputs["dataset"])
+    ref, kind = inputs["dataset_ref"], inputs["dataset_kind"]
+    if config.split and config.split not in splits:
+        raise UserError(f"dataset {ref} has no {config.split!r} split; it has {', '.join(splits)}")
+    split = config.split or next(s for s in ("test", "validation", "train") if s in splits)
+    rows = splits[split][:config.limit] if config.limit else splits[split]
     if not rows:
-        raise UserError(f"dataset {version.ref}: split {split!r} is empty")
-    examples = examples_of(rows, version.kind)
+        raise UserError(f"dataset {ref}: split {split!r} is empty")
+    examples = examples_of(rows, kind)
     prompts = [p for p, _ in examples]
     references = [r for _, r in examples]
     scored = [i for i, r in enumerate(references) if r is not None]
@@ -397,14 +440,14 @@ def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = 
     if config.baseline:
         if split == "train":
             notes.append(f"{config.baseline} examples come from the same rows; a row never sees itself")
-        pool = examples_of(version.load("train"), version.kind)
+        pool = examples_of(splits.get("train", []), kind)
         prompts = baseline_prompts(config.baseline, prompts, pool, config.k, config.system_prompt, config.seed)
 
     report(0.02, f"loading {config.spec}")
-    path, adapter = config.spec.folders(db, ws)
+    path, adapter = inputs["model"], inputs["adapter"]
     model, tokenizer = generate.load(path, adapter, merge=False)  # the base perplexity below needs it apart
     bs = config.per_device_eval_batch_size
-    ref_label, texts = reference_texts(db, ws, config.reference, config.limit)
+    ref_label, texts = inputs["reference_label"], inputs["reference_texts"]
     ref_length = min(config.max_length, 512)
     base_ppl = None
     if adapter is not None:
@@ -413,7 +456,7 @@ def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = 
             base_ppl = text_perplexity(model, tokenizer, texts, bs, ref_length)
         model = model.merge_and_unload()  # merged weights generate much faster (see generate.load)
 
-    metrics: dict = {"rows": len(rows), "scored_rows": len(scored), "split": split, "dataset": version.ref}
+    metrics: dict = {"rows": len(rows), "scored_rows": len(scored), "split": split, "dataset": ref}
     if scored:
         loss = answer_loss(model, tokenizer, [prompts[i] for i in scored], [references[i] for i in scored], bs,
                            config.max_length, lambda f, m: report(0.05 + 0.15 * min(f, 1), m))
@@ -430,10 +473,7 @@ def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = 
     rewards = None
     if config.reward:
         report(0.72, f"scoring with reward model {config.reward}")
-        folder = ws.runs_dir / config.reward / "final"
-        if not folder.exists():
-            raise UserError(f"reward run {config.reward}: no model at {folder}")
-        rm, rm_tok = load_reward_model(folder, db, ws)
+        rm, rm_tok = load_reward_model(inputs["reward"], base=inputs["reward_base"])
         # The reward model judges the answer to the task's own prompt, not the baseline's scaffolding.
         rewards = reward_scores(rm, rm_tok, [p for p, _ in examples], answers, bs, config.max_length)
         metrics["reward"] = sum(rewards) / len(rewards)
@@ -443,9 +483,8 @@ def run_eval(db, ws: Workspace, config: EvalConfig, progress: Progress | None = 
     ref_ppl = text_perplexity(model, tokenizer, texts, bs, ref_length, lambda f, m: report(0.8 + 0.15 * min(f, 1), m))
     metrics.update(reference=ref_label, reference_perplexity=ref_ppl)
     # A full-tuning run's model, or a merged one, is compared with the base it was trained from.
-    merged_from = None if adapter is not None else config.model if config.adapter else _base_of_merged(db, config.model)
-    if merged_from is not None:
-        base_model, base_tok = generate.load(models.model_path(db, ws, merged_from))
+    if inputs["merged_from"] is not None:
+        base_model, base_tok = generate.load(inputs["merged_from"])
         base_ppl = text_perplexity(base_model, base_tok, texts, bs, ref_length)
     elif base_ppl is None:
         base_ppl = ref_ppl  # the weights are the base model's own (baselines only change the prompt)
@@ -574,7 +613,13 @@ def stop(db, eval_id: int) -> dict:
 def _perform(db, ws: Workspace, eval_id: int, progress: Progress) -> None:
     """Evaluate a recorded eval run; the answers go to its folder, the metrics to its row."""
     config = EvalConfig.from_dict(get(db, eval_id)["config"])
-    metrics = run_eval(db, ws, config, progress, outputs=evals_dir(ws) / str(eval_id) / "outputs.jsonl")
+    record_metrics(db, eval_id, run_eval(db, ws, config, progress,
+                                         outputs=evals_dir(ws) / str(eval_id) / "outputs.jsonl"))
+
+
+def record_metrics(db, eval_id: int, metrics: dict) -> None:
+    """An eval's result in its row: written by its job process, or by the studio for a job that ran on a
+    cluster without the workspace (core/remote.py)."""
     db.execute("UPDATE eval_runs SET metrics_json = ? WHERE id = ?", [json.dumps(metrics), eval_id])
 
 

@@ -22,7 +22,9 @@ only with the process start time recorded beside it, so a reused pid is never ta
 
 Backends: `local` starts the runner on this machine; `ray` submits the same command as a job to a Ray
 cluster (core/ray_backend.py: code, interpreter and workspace at the same paths on its nodes) at once,
-since the cluster queues it, and keeps the Ray job id in place of a pid.
+since the cluster queues it, and keeps the Ray job id in place of a pid. With the `ray_storage` setting
+the cluster shares nothing with the studio: core/remote.py ships the job through storage, and reconcile
+pulls its reports and, once it ended, its result into the job's folder and records the outcome here.
 
 Why written here rather than taken from a library: huey's SqliteHuey keeps a task queue in SQLite, but
 runs tasks inside a long-lived consumer process, which a local-first app started and stopped at will
@@ -64,6 +66,7 @@ ENTRY_POINTS = {
     "train": "tunelab.train.runtime:run_job",
     "eval": "tunelab.evaluate:run_job",
     "generate": "tunelab.feedback.generation:run_job",
+    "judge": "tunelab.feedback.judges:run_job",  # target CAMPAIGN/JUDGE
 }
 LOG_NAMES = {"train": "train.log"}  # a run's log keeps its name; every other kind writes job.log
 
@@ -308,10 +311,15 @@ def _claim_ray(db, job: Job) -> str:
 
 
 def _submit_ray(db, job: Job, ray_job_id: str) -> None:
-    from tunelab import ray_backend
+    from tunelab import ray_backend, remote
     try:
-        ray_backend.submit(job.id, job.kind, job.target, job.path, job.log_path, job.ray_address,
-                           json.loads(job.ray_resources or "{}"), ray_job_id, _env(db))
+        store = remote.store_for(db)
+        if store is not None:
+            remote.submit(db, job, ray_job_id, store, _env(db))
+        else:
+            remote.detach(job)
+            ray_backend.submit(job.id, job.kind, job.target, job.path, job.log_path, job.ray_address,
+                               json.loads(job.ray_resources or "{}"), ray_job_id, _env(db))
     except UserError as exc:
         _close(db, job.id, None, ray_job_id, "failed", str(exc))
 
@@ -361,8 +369,13 @@ def reconcile(db) -> None:
 def _reconcile_ray(db, job: Job) -> None:
     """A Ray job that ended without its runner recording the outcome (killed, or its node lost). An
     unreachable cluster changes nothing."""
-    from tunelab import ray_backend
+    from tunelab import ray_backend, remote
     state = ray_backend.job_state(job.ray_address, job.ray_job_id) if job.ray_job_id else "LOST"
+    if remote.attached(job) and state is not None:  # reports (and once ended, the result) from storage
+        try:
+            remote.pull(db, job, ended=state not in ray_backend.ACTIVE)
+        except OSError:  # storage unreachable now: like an unreachable cluster, it changes nothing
+            return
     if state is None or state in ray_backend.ACTIVE:
         return
     status, error = _outcome(job, lambda: (f"the {job.kind} process ended without reporting an outcome; "
@@ -404,7 +417,8 @@ def stop(db, job_id: int, wait: bool = True, grace_s: float = STOP_GRACE_S) -> J
     db.execute("UPDATE jobs SET stop_requested_at = COALESCE(stop_requested_at, ?) WHERE id = ?",
                [time.time(), job.id])
     if job.backend == "ray":
-        from tunelab import ray_backend
+        from tunelab import ray_backend, remote
+        remote.request_stop(job)  # with remote storage: for Ray Train workers, which Ray's SIGTERM misses
         ray_backend.stop(job.ray_address, job.ray_job_id)  # Ray sends SIGTERM, SIGKILL after its grace
         deadline = time.time() + ray_backend.STOP_GRACE_S + 30
         while wait and ray_backend.job_state(job.ray_address, job.ray_job_id) in ray_backend.ACTIVE \

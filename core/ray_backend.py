@@ -1,7 +1,12 @@
 """The `ray` backend: a job (a training run, an eval, a campaign's generation) is a job on a Ray
 cluster, submitted with Ray's Job Submission API.
 
-The Ray job's entrypoint is the same `python -m tunelab.jobs <job id>` a local job runs (core/jobs.py); for
+Two modes. With the `ray_storage` setting empty (the default, zero setup on one machine), the same-path
+mode below. With it set (s3://bucket/prefix, or a folder every node mounts), nothing is assumed shared:
+core/remote.py ships the code as the job's runtime_env and the inputs through that storage, and brings
+the results back (`submit_remote`).
+
+In the same-path mode, the Ray job's entrypoint is the same `python -m tunelab.jobs <job id>` a local job runs (core/jobs.py); for
 a run with `num_workers` above 1 that process starts Ray Train workers (core/train/distributed.py).
 Nothing is shipped with the job: the code, the interpreter and the workspace (database, models, datasets,
 job folders) must be at the same paths on the cluster's nodes. On one machine that holds already; on a
@@ -95,6 +100,20 @@ def submit(job_id: int, kind: str, target: str, folder: Path, log: Path, address
     # Its output goes to the job's log, where a local job's goes; Ray Train workers' lines reach it too.
     entrypoint = (f"cd {shlex.quote(str(folder))} && exec {shlex.quote(sys.executable)} -m tunelab.jobs {int(job_id)} "
                   f">> {shlex.quote(str(log))} 2>&1")
+    _submit(job_id, kind, target, address, resources, ray_job_id, env, entrypoint, {})
+
+
+def submit_remote(job_id: int, kind: str, target: str, address: str, resources: dict, ray_job_id: str, env: dict,
+                  manifest_url: str, code: Path) -> None:
+    """Submit `python -m tunelab.remote MANIFEST_URL` (core/remote.py) with the tunelab package folder `code`
+    as py_modules: the cluster image's own `python`, which has the dependencies and not tunelab. Its output
+    stays in Ray's job log (`job_logs`)."""
+    _submit(job_id, kind, target, address, resources, ray_job_id, env,
+            f"python -m tunelab.remote {shlex.quote(manifest_url)}", {"py_modules": [str(code)]})
+
+
+def _submit(job_id: int, kind: str, target: str, address: str, resources: dict, ray_job_id: str, env: dict,
+            entrypoint: str, runtime_env: dict) -> None:
     env = {**env,
            "TUNELAB_RAY_JOB_ID": ray_job_id,  # the job process closes its row by this, not by a pid
            "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S),  # read by the job's supervisor
@@ -104,7 +123,7 @@ def submit(job_id: int, kind: str, target: str, folder: Path, log: Path, address
            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     try:
         _client(address).submit_job(
-            entrypoint=entrypoint, submission_id=ray_job_id, runtime_env={"env_vars": env},
+            entrypoint=entrypoint, submission_id=ray_job_id, runtime_env={**runtime_env, "env_vars": env},
             metadata={"tunelab_job": str(job_id), "tunelab_kind": kind, "tunelab_target": str(target)},
             entrypoint_num_cpus=resources.get("num_cpus", 1), entrypoint_num_gpus=resources.get("num_gpus", 0))
     except Exception as exc:
@@ -131,6 +150,14 @@ def job_message(address: str, job_id: str) -> str:
         return f"the Ray job {job_id} ended {info.status.value}: {info.message or 'no message'}"
     except Exception as exc:
         return f"the Ray job {job_id} could not be asked about ({type(exc).__name__})"
+
+
+def job_logs(address: str, job_id: str) -> str | None:
+    """The job's output so far; None if the cluster cannot be asked now."""
+    try:
+        return _client(address).get_job_logs(job_id)
+    except Exception:
+        return None
 
 
 def stop(address: str, job_id: str) -> None:

@@ -144,6 +144,11 @@ SETTINGS_DEFAULTS: dict[str, object] = {
     "max_concurrent_jobs": 1,   # one job (run, eval, generation) at a time: two on 2 cores each go at half speed
     "upload_limit_mb": 200,     # largest dataset file accepted by import
     "claim_timeout_s": 600,     # a labeling pair claimed and not voted returns to the pool after this
+    # backend ray on a cluster that shares no disk with the studio: s3://bucket/prefix or a path every node
+    # mounts, through which jobs get their inputs and return their results (core/remote.py); empty: the
+    # cluster sees the workspace at the same path (core/ray_backend.py)
+    "ray_storage": "",
+    "ray_storage_endpoint": "",  # an S3-compatible server's URL (MinIO, ...); empty: AWS_ENDPOINT_URL or AWS
 }
 
 

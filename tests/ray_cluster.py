@@ -7,6 +7,7 @@ ends only this cluster's processes: those whose command line names its own temp 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -38,7 +39,10 @@ def _free_ports(n: int) -> list[int]:
 class RayCluster:
     """`address` is the dashboard URL that the Job Submission API and `ray_address` take."""
 
-    def __init__(self, num_cpus: int = 2):
+    def __init__(self, num_cpus: int = 2, ray: Path | None = None, wrap: list[str] | None = None,
+                 env: dict | None = None):
+        """`ray`: the `ray` command (default: this interpreter's); `wrap`: a command line that runs the
+        `ray start` line given as its last argument (e.g. in another mount namespace); `env`: added to it."""
         # Short: Ray puts unix sockets under it, and their paths must stay under 108 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="tlray", dir="/tmp"))
         gcs, dashboard, agent_http, agent_grpc, runtime_env, metrics, client, node_manager, object_manager = \
@@ -46,7 +50,7 @@ class RayCluster:
         self.gcs_port = gcs
         self.address = f"http://127.0.0.1:{dashboard}"
         self.log = self.temp_dir / "ray-start.log"
-        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
+        cmd = [str(ray or Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
                "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
                "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
                "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
@@ -54,9 +58,11 @@ class RayCluster:
                "--object-manager-port", str(object_manager), "--num-cpus", str(num_cpus), "--num-gpus", "0",
                "--temp-dir", str(self.temp_dir), "--disable-usage-stats"]
         self.started = time.time()
+        if wrap:
+            cmd = [*wrap, shlex.join(cmd)]
         with open(self.log, "w") as log:
-            done = subprocess.run(cmd, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=180)
+            done = subprocess.run(cmd, env={**os.environ, **ENV, **(env or {})}, stdout=log,
+                                  stderr=subprocess.STDOUT, timeout=180)
         if done.returncode != 0:
             self.stop()
             raise RuntimeError(f"ray start failed ({done.returncode}): {self.log.read_text()[-2000:]}")

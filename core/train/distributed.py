@@ -17,6 +17,11 @@ stop's grace period; these ranks stay in the run's group.
 Stopping: the run process gets SIGTERM as a single-process run does, and writes `stop.request` in the
 run folder. Every rank checks it (and a SIGTERM of its own) at each step end, and the ranks agree by an
 all-reduce, so that they all save the same checkpoint and leave the loop at the same step.
+
+With remote storage (core/remote.py: a cluster that shares no disk with the studio) the run folder is a
+local copy on each node: each Ray Train rank makes its own from the storage URI (inputs, the latest
+checkpoint), rank 0 copies its reports, checkpoints and final/ back, the stop request is an object in
+storage that rank 0 polls, and Ray Train keeps its own state under the same URI (`storage_path`).
 """
 from __future__ import annotations
 
@@ -27,7 +32,6 @@ import sys
 import threading
 from pathlib import Path
 
-from tunelab import db as dbmod
 from tunelab.train import config as configmod
 from tunelab.train import runtime
 from tunelab.workspace import Workspace
@@ -51,7 +55,7 @@ def train(ctx: runtime.RunContext) -> None:
     def forward_stop():  # runtime.run_job's SIGTERM handler only sets the flag while `training` is true
         while not done.wait(0.2):
             if ctx.stop_requested:
-                stop_file.touch()
+                ctx.mirror.request_stop() if ctx.mirror is not None else stop_file.touch()
                 return
 
     ctx.training = True
@@ -72,7 +76,7 @@ def train(ctx: runtime.RunContext) -> None:
         stop_file.unlink(missing_ok=True)
     if ctx.stop_requested:
         raise runtime.Stopped()
-    if not (ctx.folder / "final").is_dir():
+    if not (ctx.mirror.has_final() if ctx.mirror is not None else (ctx.folder / "final").is_dir()):
         raise RuntimeError("the ranks ended without saving final/ (see train.log)")
 
 
@@ -104,12 +108,19 @@ def _run_ray(ctx: runtime.RunContext) -> None:
     ray.init()  # a Ray job's own cluster (RAY_ADDRESS is set for it); the workers' lines come to train.log
     signal.signal(signal.SIGTERM, graceful)  # ray.init's own handler exits at once, mid-step
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
+    if ctx.mirror is None:
+        loop_config = {"folder": str(ctx.folder), "owner_pid": os.getpid()}
+        # Ray Train keeps a little state of its own; checkpoints and metrics go where a local run's go.
+        run_config = RunConfig(name="ray_train", storage_path=str(ctx.folder))
+    else:  # each rank makes its own run folder from the storage URI; Ray Train's state goes there too
+        loop_config = {"mirror": ctx.mirror.spec(), "owner_pid": os.getpid()}
+        run_config = RunConfig(name="ray_train", storage_path=ctx.mirror.store.path(ctx.mirror.prefix),
+                               storage_filesystem=ctx.mirror.store.fs)
     trainer = TorchTrainer(
-        _ray_rank, train_loop_config={"folder": str(ctx.folder), "owner_pid": os.getpid()},
+        _ray_rank, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=bool(cfg.gpus_per_worker),
                                      resources_per_worker=resources),
-        # Ray Train keeps a little state of its own; checkpoints and metrics go where a local run's go.
-        run_config=RunConfig(name="ray_train", storage_path=str(ctx.folder)))
+        run_config=run_config)
     try:
         trainer.fit()
     except Exception as exc:
@@ -131,20 +142,32 @@ def _local_rank(rank: int, folder: str, owner_pid: int, world: int, port: int) -
 
 def _ray_rank(config: dict) -> None:
     # Ray Train runs this in a thread (no signal handlers there); stops arrive through stop.request.
-    _rank_main(Path(config["folder"]), config["owner_pid"], own_signals=False)
+    if "mirror" in config:
+        from tunelab import remote
+        remote.train_rank(config["mirror"], config["owner_pid"])
+    else:
+        _rank_main(Path(config["folder"]), config["owner_pid"], own_signals=False)
 
 
 def _rank_main(folder: Path, owner_pid: int, own_signals: bool) -> None:
+    from tunelab import db as dbmod  # not on a cluster without the workspace (remote.train_rank)
+    ws = Workspace(folder.parent.parent)
+    db = dbmod.connect(ws.db_path)
+    try:
+        train_rank(RankContext(folder, db, ws, configmod.load_file(folder / "config.yaml"), int(os.environ["RANK"]),
+                               owner_pid), own_signals)
+    finally:
+        db.close()
+
+
+def train_rank(ctx: RankContext, own_signals: bool) -> None:
+    """Run the method's training as one rank; a stop ends it quietly (the run process reports it)."""
     import torch
     if not torch.cuda.is_available():
         # Without it transformers treats a CPU process as a lone one and each rank trains its own copy.
         os.environ["ACCELERATE_USE_CPU"] = "true"
-    rank = int(os.environ["RANK"])
-    if rank:
+    if ctx.rank:
         sys.stdout = open(os.devnull, "w")  # rank 0 speaks for all; errors still reach stderr
-    ws = Workspace(folder.parent.parent)
-    db = dbmod.connect(ws.db_path)
-    ctx = RankContext(folder, db, ws, configmod.load_file(folder / "config.yaml"), rank, owner_pid)
     if own_signals:
         def on_sigterm(signum, frame):
             ctx.stop_requested = True
@@ -155,15 +178,13 @@ def _rank_main(folder: Path, owner_pid: int, own_signals: bool) -> None:
         configmod.methods()[ctx.cfg.method].train(ctx)
     except runtime.Stopped:
         pass  # the run process reports the stop
-    finally:
-        db.close()
 
 
 class RankContext(runtime.RunContext):
     """A rank's RunContext: reports as the run process (its pid), through rank 0 only, and stops in step."""
 
-    def __init__(self, folder, db, ws, cfg, rank: int, owner_pid: int):
-        super().__init__(folder, db, ws, cfg)
+    def __init__(self, folder, db, ws, cfg, rank: int, owner_pid: int, inputs: dict | None = None, mirror=None):
+        super().__init__(folder, db, ws, cfg, inputs, mirror)
         self.rank = rank
         self.status["pid"] = owner_pid
 

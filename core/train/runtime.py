@@ -8,7 +8,10 @@ metrics.jsonl and status.json written by a TrainerCallback, and the result saved
 
 This code never changes the run's status, and imports nothing from tunelab.jobs or tunelab.runs: it reports
 through the run folder (status.json, metrics.jsonl) and returns the outcome to the job runner, which
-records it.
+records it. What it trains on comes as paths (`resolve_inputs`: the base model, init_from's result, the
+dataset version's folder), so that a cluster without the workspace (core/remote.py) trains through the
+same `train_in` with downloaded copies and no database, and a `mirror` copies its reports, checkpoints
+and result to remote storage.
 """
 from __future__ import annotations
 
@@ -51,11 +54,14 @@ def device() -> dict:
 class RunContext:
     rank = 0  # a data-parallel rank's number (core/train/distributed.py); only rank 0 writes reports
 
-    def __init__(self, folder: Path, db, ws: Workspace, cfg: configmod.RunConfig):
+    def __init__(self, folder: Path, db, ws: Workspace | None, cfg: configmod.RunConfig, inputs: dict | None = None,
+                 mirror=None):
         self.folder = folder
-        self.db = db
+        self.db = db  # None on a cluster without the workspace (core/remote.py)
         self.ws = ws
         self.cfg = cfg
+        self.inputs = inputs if inputs is not None else resolve_inputs(db, ws, cfg)
+        self.mirror = mirror  # core/remote.Mirror: copies reports, checkpoints and final/ to remote storage
         self.run_id = folder.name
         self.device = device()
         speedups.lm_head_on_labelled_positions_only()  # every method's process trains through this context
@@ -78,17 +84,11 @@ class RunContext:
     # -- inputs
 
     def base_dir(self) -> Path:
-        from tunelab import models
-        return models.model_path(self.db, self.ws, self.cfg.base_model)
+        return Path(self.inputs["base_model"])
 
     def init_dir(self) -> Path | None:
         """The result folder of init_from's run, when set."""
-        if not self.cfg.init_from:
-            return None
-        row = self.db.execute("SELECT folder FROM runs WHERE id = ?", [self.cfg.init_from]).fetchone()
-        if row is None or not (Path(row[0]) / "final").is_dir():
-            raise UserError(f"key 'init_from': run {self.cfg.init_from} has no result in its final/ folder")
-        return Path(row[0]) / "final"
+        return Path(self.inputs["init"]) if self.inputs.get("init") else None
 
     def model_source(self, what: str = ""):
         """(model_dir, init_adapter, tokenizer, dtype): where the starting weights come from, for every method.
@@ -146,9 +146,7 @@ class RunContext:
 
     def dataset_rows(self) -> dict[str, list[dict]]:
         """Split name -> canonical rows of the pinned dataset version."""
-        from tunelab import datasets
-        version = datasets.resolve(self.db, self.ws, self.cfg.dataset)
-        return {split: version.load(split) for split in version.files}
+        return dataset_rows(Path(self.inputs["dataset"]))
 
     def training_args(self, has_eval: bool) -> dict:
         """TrainingArguments every TRL config takes, from the shared keys."""
@@ -199,6 +197,8 @@ class RunContext:
         from transformers.trainer_callback import PrinterCallback
         trainer.remove_callback(PrinterCallback)  # MetricsCallback prints a shorter line per log step
         trainer.add_callback(MetricsCallback(self))
+        if self.mirror is not None and self.rank == 0:
+            trainer.add_callback(self.mirror.checkpoint_callback())
         self.training = True
         trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
         self.training = False
@@ -209,6 +209,38 @@ class RunContext:
         if restore is not None:
             restore()
         trainer.save_model(str(final))  # the adapter alone (PEFT format) or the whole model, with the tokenizer
+        if self.mirror is not None and self.rank == 0:
+            self.mirror.push_final(final)
+
+
+# The splits a dataset version's folder may hold, in the order DatasetVersion.load_all reads them.
+SPLITS = ("train", "validation", "test")
+
+
+def resolve_inputs(db, ws: Workspace, cfg: configmod.RunConfig) -> dict[str, Path | None]:
+    """The folders a run trains from: base_model, init (init_from's final/, or None) and dataset (the pinned
+    version's folder of <split>.jsonl files, its content hash checked)."""
+    from tunelab import datasets, models
+    init = None
+    if cfg.init_from:
+        row = db.execute("SELECT folder FROM runs WHERE id = ?", [cfg.init_from]).fetchone()
+        if row is None or not (Path(row[0]) / "final").is_dir():
+            raise UserError(f"key 'init_from': run {cfg.init_from} has no result in its final/ folder")
+        init = Path(row[0]) / "final"
+    split_files = datasets.resolve(db, ws, cfg.dataset).files  # checked against the version's content hash
+    return {"base_model": models.model_path(db, ws, cfg.base_model), "init": init,
+            "dataset": next(iter(split_files.values())).parent}
+
+
+def dataset_rows(folder: Path) -> dict[str, list[dict]]:
+    """Split name -> rows, from a dataset version's folder (or a copy of it)."""
+    out = {}
+    for split in SPLITS:
+        path = Path(folder) / f"{split}.jsonl"
+        if path.exists():
+            with open(path, encoding="utf-8") as fh:
+                out[split] = [json.loads(line) for line in fh if line.strip()]
+    return out
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -329,6 +361,13 @@ def describe_failure(exc: BaseException) -> str:
 def run_job(db, ws: Workspace, run_id: str, folder: Path) -> tuple[str, str | None]:
     """Run one run folder to its end (the `train` job's entry point); returns (completed | stopped |
     failed, error), also written to status.json."""
+    return train_in(folder, lambda folder, cfg: RunContext(folder, db, ws, cfg))
+
+
+def train_in(folder: Path, make_context) -> tuple[str, str | None]:
+    """Train the run folder's config.yaml with the context `make_context(folder, cfg)` gives; a SIGTERM stops
+    at the end of the step with a checkpoint. Returns (completed | stopped | failed, error), also written to
+    status.json."""
     folder = Path(folder).resolve()
     ctx: RunContext | None = None
 
@@ -343,7 +382,7 @@ def run_job(db, ws: Workspace, run_id: str, folder: Path) -> tuple[str, str | No
     state, error = "failed", None
     try:
         cfg = configmod.load_file(folder / "config.yaml")
-        ctx = RunContext(folder, db, ws, cfg)
+        ctx = make_context(folder, cfg)
         ctx.report(started_at=time.time(), error=None)
         from tunelab.train import distributed
         (distributed.train if distributed.wanted(cfg) else configmod.methods()[cfg.method].train)(ctx)
