@@ -74,7 +74,8 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "Seed for choosing the few-shot examples."})
     backend: str = field(default="local", metadata={
         "help": "local (this machine, in the job queue) or ray (a job on the Ray cluster at ray_address; the code "
-                "and workspace must be at the same paths there).", "choices": ("local", "ray")})
+                "and workspace must be at the same paths there, unless the ray_storage setting names remote "
+                "storage).", "choices": ("local", "ray")})
     ray_address: str | None = field(default=None, metadata={
         "help": "backend ray: the cluster's dashboard address (default: the RAY_ADDRESS environment variable)."})
 

@@ -85,7 +85,8 @@ class RunConfig:
     backend: str = field(default="local", metadata={
         "help": "Where the run process runs: local (a process on this machine) or ray (a job on the Ray cluster at "
                 "ray_address; the code, the Python environment and the workspace must be at the same paths on its "
-                "nodes, e.g. on shared storage).", "choices": BACKENDS})
+                "nodes, unless the ray_storage setting names storage they share with the studio: an S3 bucket "
+                "or a mounted path).", "choices": BACKENDS})
     ray_address: str | None = field(default=None, metadata={
         "help": "backend ray: the cluster's dashboard address, e.g. http://127.0.0.1:8265; unset means the "
                 "RAY_ADDRESS environment variable. Pinned at launch."})
