@@ -414,6 +414,30 @@ def cmd_feedback_gold(args) -> None:
     print(f"added {feedback.add_gold_file(db, args.name, args.file)} gold pairs to {args.name}")
 
 
+def cmd_feedback_judge(args) -> None:
+    from tunelab import feedback
+    from tunelab.feedback import judges
+    db, ws = _db_ws()
+    kind, spec = feedback.parse_spec(args.judge, tie_band=args.tie_band, model=args.endpoint_model,
+                                     api_key_env=args.api_key_env)
+    name = args.name or judges.default_name(kind, spec)
+    job = feedback.start_judge(db, ws, args.campaign, kind, spec, name)
+    print(f"judge {name}: judging {args.campaign} in job {job.id} ({job.status})", file=sys.stderr)
+    if args.no_wait:
+        doc = feedback.judge_summary(db, args.campaign, name)
+    else:
+        with progress_bar(f"judge {name}") as update:
+            doc = feedback.wait_judge(db, args.campaign, name, progress=update)
+    if args.json:
+        _print_json(doc)
+        return
+    consistent, unparsed = doc["position_consistent"], doc["unparsed"]
+    print(f"{doc['judge']} ({doc['kind']}): {doc['judged']}/{doc['pairs']} pairs judged; "
+          + ", ".join(f"{k} {v}" for k, v in doc["choices"].items())
+          + (f"; same verdict in both orders {consistent:.0%}" if consistent is not None else "")
+          + (f"; {unparsed} of {doc['asked']} replies named no option (counted as tie)" if unparsed else ""))
+
+
 # ---------------------------------------------------------------- training runs
 
 def _run_row(run) -> dict:
@@ -732,6 +756,26 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", help="campaign name")
     x.add_argument("file", help="a preference file `data import` reads; 'chosen' is the known better answer")
     x.set_defaults(func=cmd_feedback_gold)
+    x = fsub.add_parser("judge", help="a model votes on the campaign's pairs (in a background job), apart from "
+                        "people's votes", description="SPEC is reward:RUN_ID (a reward-model run; verdict from "
+                        "the score margin, tie within --tie-band), chat:MODEL_SPEC (a registered chat model, NAME "
+                        "or NAME+RUN_ID) or endpoint:BASE_URL (an OpenAI-compatible server, e.g. "
+                        "endpoint:http://localhost:8000/v1, with --endpoint-model and --api-key-env). Chat and "
+                        "endpoint judges are asked the template in tunelab.feedback.judges.TEMPLATE in both orders; "
+                        "a verdict stands when both orders agree, else it is a tie. Run again to continue a "
+                        "stopped or failed judge: pairs already judged are skipped.")
+    x.add_argument("campaign", help="campaign name")
+    x.add_argument("--judge", required=True, metavar="SPEC",
+                   help="reward:RUN_ID, chat:MODEL_SPEC or endpoint:BASE_URL")
+    x.add_argument("--name", help="the judge's name in this campaign (default: KIND-WHAT, e.g. reward-RUN_ID)")
+    x.add_argument("--tie-band", type=float, metavar="X", help="reward judges: |reward(a) - reward(b)| below X is "
+                   "a tie (default tunelab.feedback.judges.DEFAULT_TIE_BAND, 0.1)")
+    x.add_argument("--endpoint-model", metavar="M", help="endpoint judges: the model name the server knows")
+    x.add_argument("--api-key-env", metavar="VAR", help="endpoint judges: the environment variable holding the "
+                   "API key, named TUNELAB_JUDGE_... (the key is never stored); omit for a server without keys")
+    x.add_argument("--no-wait", action="store_true", help="start the job and return at once")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_feedback_judge)
 
     x = msub.add_parser("merge", help="merge a LoRA run's adapter into its base as a new registered model")
     x.add_argument("run_id", help="a completed LoRA or QLoRA run")

@@ -144,6 +144,57 @@ else:
         l3.page_link("pages/launch.py", label="Improve the policy with GRPO", icon=":material/trending_up:",
                      query_params={"method": "grpo", "dataset": registered})
 
+    # ------------------------------------------------------------ judges
+    with st.expander("Judges", key="judges_box"):
+        st.caption("A model votes on this campaign's pairs as a non-human annotator, in a background job; its "
+                   "verdicts are kept apart from people's votes. A reward model's verdict is the sign of its score "
+                   "margin (a tie inside the tie band); chat and endpoint judges are asked the template below with "
+                   "A first, then B first, and a verdict stands only when both orders agree.")
+        judge_kind = st.radio("Judge kind", feedback.judges.KINDS, horizontal=True, key="judge_kind",
+                              format_func={"reward": "reward model", "chat": "chat model",
+                                           "endpoint": "OpenAI-compatible endpoint"}.get)
+        with st.form("judge_form"):
+            extra = {}
+            if judge_kind == "reward":
+                judge_value = st.selectbox("Reward run (method: reward)", models.reward_runs(conn))
+                extra["tie_band"] = st.number_input("Tie band", min_value=0.0, value=feedback.DEFAULT_TIE_BAND,
+                                                    step=0.05, help="|reward(a) − reward(b)| below this is a tie.")
+            elif judge_kind == "chat":
+                judge_value = st.selectbox("Chat model", [str(s) for s in models.chat_choices(conn)])
+            else:
+                judge_value = st.text_input("Base URL", placeholder="http://localhost:8000/v1")
+                extra["model"] = st.text_input("Model", help="The model name the server knows.")
+                extra["api_key_env"] = st.text_input(
+                    "API key variable", placeholder="TUNELAB_JUDGE_OPENAI_KEY", help="The environment variable of "
+                    "the tunelab server that holds the key, named TUNELAB_JUDGE_…; blank for a server without "
+                    "keys. The key itself is never stored.").strip() or None
+            judge_name = st.text_input("Judge name", placeholder="blank: the kind and the model")
+            start = st.form_submit_button("Start judging")
+        if start:
+            with _ui.user_errors():
+                spec = feedback.make_spec(judge_kind, judge_value or "", **extra)
+                feedback.start_judge(conn, ws, selected, judge_kind, spec, judge_name.strip() or None)
+                st.rerun()
+        if st.toggle("Show the judge's template", key="judge_template"):
+            st.code(feedback.TEMPLATE, language=None, wrap_lines=True)
+
+        @st.fragment(run_every=2)
+        def judge_progress() -> None:
+            _ui.guard("feedback")  # a fragment rerun skips the page's own guard
+            judged = feedback.judges_overview(conn, selected)
+            for j in judged:
+                if j["status"] in jobs.ACTIVE:
+                    st.progress(j["progress"], text=f"{j['judge']}: {j['message']}")
+                elif j["status"] not in (None, "completed"):
+                    _ui.show_error(f"Judge {j['judge']}: its job {j['status']}: {j['error'] or ''}")
+            if judged:
+                st.dataframe([{"judge": j["judge"], "kind": j["kind"], "judged": f"{j['judged']} / {j['pairs']}",
+                               "verdicts": ", ".join(f"{k} {v}" for k, v in j["choices"].items()),
+                               "same in both orders": j["position_consistent"], "unparsed replies": j["unparsed"],
+                               "status": j["status"]} for j in judged], hide_index=True)
+
+        judge_progress()
+
     # ------------------------------------------------------------ gold pairs
     with st.expander("Add gold pairs", key="gold_box"):
         st.caption("A preference file (JSONL, JSON, CSV or Parquet) with prompt, chosen, rejected: 'chosen' is the "

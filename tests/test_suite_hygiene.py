@@ -14,10 +14,11 @@ from tests.conftest import REPO
 TESTS = REPO / "tests"
 # Fixtures that are processes: the Streamlit server, Chromium and its pages.
 PROCESS_FIXTURES = {"app", "browser", "page"}
-# Calls that start a process. `launch`, `submit`, `resume`, `requeue`, `start_queued` and `start_generation`
-# start jobs (runs, evals, campaign generation; Chromium's `launch` too); `get_context` is multiprocessing's.
+# Calls that start a process. `launch`, `submit`, `resume`, `requeue`, `start_queued`, `start_generation` and
+# `start_judge` start jobs (runs, evals, campaign generation, judges; Chromium's `launch` too); `get_context`
+# is multiprocessing's.
 PROCESS_CALLS = {"run_cli", "App", "RayCluster", "Popen", "sync_playwright", "get_context", "launch", "submit",
-                 "resume", "requeue", "start_queued", "start_generation"}
+                 "resume", "requeue", "start_queued", "start_generation", "start_judge"}
 SUBPROCESS_CALLS = {"run", "call", "check_call", "check_output"}  # subprocess.<name>
 REQUIRED = {"process", "timeout"}
 

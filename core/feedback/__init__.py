@@ -15,6 +15,8 @@ from tunelab.feedback.campaigns import (GOLD_MODEL, Campaign, CampaignConfig, ad
 from tunelab.feedback.exporting import ExportPolicy, aggregate, arena_battles, battles, export
 from tunelab.feedback.generation import build_pairs, start_generation, store_responses, wait_generation
 from tunelab.feedback.importing import import_judgments
+from tunelab.feedback.judges import (DEFAULT_TIE_BAND, TEMPLATE, judge_summary, judges_overview, make_spec,
+                                     parse_spec, start_judge, wait_judge)
 from tunelab.feedback.quality import quality
 from tunelab.feedback.votes import (CHOICES, SHOWN_CHOICES, STRENGTHS, Assignment, annotator_progress, cast_vote,
                                  next_pair, skip, undo_last, vote_and_next)
@@ -23,4 +25,6 @@ __all__ = ["CHOICES", "GOLD_MODEL", "SHOWN_CHOICES", "STRENGTHS", "Assignment", 
            "ExportPolicy", "add_gold", "add_gold_file", "aggregate", "annotator_progress", "arena_battles",
            "battles", "build_pairs", "cast_vote", "create_campaign", "export", "get_campaign",
            "import_judgments", "list_campaigns", "next_pair", "prompts", "quality", "skip", "start_generation",
-           "store_responses", "undo_last", "vote_and_next", "wait_generation"]
+           "store_responses", "undo_last", "vote_and_next", "wait_generation",
+           "DEFAULT_TIE_BAND", "TEMPLATE", "judge_summary", "judges_overview", "make_spec", "parse_spec",
+           "start_judge", "wait_judge"]
