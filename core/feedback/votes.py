@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from tunelab import db as dbmod, workspace
 from tunelab.errors import UserError
+from tunelab.feedback import sampling
 from tunelab.feedback.campaigns import rows
 
 CHOICES = ("a", "b", "tie", "both_bad")
@@ -63,7 +64,9 @@ def next_pair(db, campaign_id: int, annotator_id: int, annotator: str, timeout_s
 
 def _claim(db, campaign_id: int, annotator_id: int, annotator: str, cutoff: float, now: float) -> int | None:
     """Inside a write transaction: renew the annotator's open claim if its slot is still free, else
-    claim the first pair (in shuffled order) with a free slot. Returns the assignment id."""
+    claim the first pair (in shuffled order) with a free slot. An 'active' campaign first draws the
+    model pair (sampling.py) and takes the first free pair of those two models, or a gold pair met
+    before it in the same order, so gold pairs stay mixed in. Returns the assignment id."""
     held = db.execute("SELECT a.id, a.pair_id, p.votes_needed, p.n_votes FROM assignments a "
                       "JOIN pairs p ON p.id = a.pair_id WHERE a.campaign_id = ? AND a.annotator_id = ? "
                       "AND a.status = 'open' ORDER BY a.id LIMIT 1", [campaign_id, annotator_id]).fetchone()
@@ -76,8 +79,15 @@ def _claim(db, campaign_id: int, annotator_id: int, annotator: str, cutoff: floa
             return aid
         # Came back after the timeout and others filled the pair meanwhile.
         db.execute("UPDATE assignments SET status = 'expired' WHERE id = ?", [aid])
-    row = db.execute(_CANDIDATE + " ORDER BY p.position LIMIT 1",
-                     {"c": campaign_id, "u": annotator_id, "cutoff": cutoff}).fetchone()
+    params = {"c": campaign_id, "u": annotator_id, "cutoff": cutoff}
+    row = None
+    if db.execute("SELECT sampling FROM campaigns WHERE id = ?", [campaign_id]).fetchone()[0] == "active":
+        available = db.execute(_MODEL_PAIRS, params).fetchall()
+        if available:
+            params["ma"], params["mb"] = sampling.draw_model_pair(db, campaign_id, available)
+            row = db.execute(_CANDIDATE_OF_MODELS, params).fetchone()
+    if row is None:
+        row = db.execute(_CANDIDATE + " ORDER BY p.position LIMIT 1", params).fetchone()
     if row is None:
         return None
     return db.execute("INSERT INTO assignments(pair_id, campaign_id, annotator_id, annotator, left_is_a, "
@@ -86,12 +96,23 @@ def _claim(db, campaign_id: int, annotator_id: int, annotator: str, cutoff: floa
 
 
 # Pairs this annotator has never been given that still have a free slot: K minus votes minus live claims.
-_CANDIDATE = """
-SELECT p.id FROM pairs p
-WHERE p.campaign_id = :c
+_FREE = """p.campaign_id = :c
   AND NOT EXISTS (SELECT 1 FROM assignments o WHERE o.pair_id = p.id AND o.annotator_id = :u)
   AND (p.votes_needed IS NULL OR p.n_votes + (SELECT count(*) FROM assignments o WHERE o.pair_id = p.id
        AND o.status = 'open' AND o.claimed_at > :cutoff) < p.votes_needed)
+"""
+_CANDIDATE = "SELECT p.id FROM pairs p WHERE " + _FREE
+# The model pairs (as the pair stores them) with a non-gold pair this annotator may claim; the
+# n_votes test first spares the claim counts of full pairs (half the time of this query).
+_MODEL_PAIRS = """
+SELECT DISTINCT ra.model, rb.model FROM pairs p JOIN responses ra ON ra.id = p.response_a
+JOIN responses rb ON rb.id = p.response_b
+WHERE p.gold IS NULL AND (p.votes_needed IS NULL OR p.n_votes < p.votes_needed) AND """ + _FREE
+# The first pair by position, among the gold pairs and those of the drawn model pair (:ma, :mb).
+_CANDIDATE_OF_MODELS = _CANDIDATE + """
+  AND (p.gold IS NOT NULL OR ((SELECT model FROM responses WHERE id = p.response_a) = :ma
+                              AND (SELECT model FROM responses WHERE id = p.response_b) = :mb))
+ORDER BY p.position LIMIT 1
 """
 
 
