@@ -46,7 +46,7 @@ import numpy as np
 
 from tunelab import ratings
 
-FLOOR = 0.25   # share of every draw spread uniformly over the available model pairs
+FLOOR = 0.15   # share of every draw spread uniformly over the available model pairs
 TOP = 0.85     # weight of a comparison per place its better model stands below the leader
 
 
