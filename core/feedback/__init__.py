@@ -18,6 +18,7 @@ from tunelab.feedback.importing import import_judgments
 from tunelab.feedback.judges import (DEFAULT_TIE_BAND, TEMPLATE, judge_summary, judges_overview, make_spec,
                                      parse_spec, start_judge, wait_judge)
 from tunelab.feedback.quality import quality
+from tunelab.feedback.sampling import model_pair_probabilities
 from tunelab.feedback.votes import (CHOICES, SHOWN_CHOICES, STRENGTHS, Assignment, annotator_progress, cast_vote,
                                  next_pair, skip, undo_last, vote_and_next)
 
@@ -27,4 +28,4 @@ __all__ = ["CHOICES", "GOLD_MODEL", "SHOWN_CHOICES", "STRENGTHS", "Assignment", 
            "import_judgments", "list_campaigns", "next_pair", "prompts", "quality", "skip", "start_generation",
            "store_responses", "undo_last", "vote_and_next", "wait_generation",
            "DEFAULT_TIE_BAND", "TEMPLATE", "judge_summary", "judges_overview", "make_spec", "parse_spec",
-           "start_judge", "wait_judge"]
+           "start_judge", "wait_judge", "model_pair_probabilities"]
