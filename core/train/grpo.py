@@ -86,7 +86,6 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
     """Build and run TRL's GRPO or RLOO trainer; both take the same arguments here."""
     from datasets import Dataset
 
-    from tunelab import datasets
     from tunelab.train import reward
 
     cfg = ctx.cfg
@@ -94,10 +93,9 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     ctx.phase(f"loading reward model {cfg.reward_model}")
-    reward_model, reward_tokenizer = reward.load(ctx.db, ctx.ws, cfg.reward_model)
+    reward_model, reward_tokenizer = reward.load_folder(ctx.inputs["reward"], ctx.inputs.get("reward_base"))
     ctx.phase(f"reading prompts from {cfg.dataset}")
-    version = datasets.resolve(ctx.db, ctx.ws, cfg.dataset)
-    prompts = [p for p in datasets.prompts_of(version, "train") if p]
+    prompts = [p for p in map(_prompt, ctx.dataset_rows().get("train", [])) if p]
     if not prompts:
         raise UserError(f"key 'dataset': {cfg.dataset} has no prompts in its train split")
     train_ds = Dataset.from_list([{"prompt": [{"role": m["role"], "content": m["content"]} for m in p]}
@@ -111,6 +109,15 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
     trainer = trainer_class(model=model, reward_funcs=reward_model, reward_processing_classes=reward_tokenizer,
                             args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=peft_config)
     ctx.fit(trainer)
+
+
+def _prompt(row: dict) -> list[dict]:
+    """The prompt turns of a canonical row, as datasets.prompt_messages gives them; not imported from there,
+    since tunelab.datasets opens the database, which a cluster without the workspace has not got."""
+    if "prompt" in row:
+        return row["prompt"]
+    last = max(i for i, m in enumerate(row["messages"]) if m["role"] == "assistant")
+    return row["messages"][:last]
 
 
 def train(ctx) -> None:

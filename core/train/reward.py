@@ -112,16 +112,25 @@ def train(ctx) -> None:
         last = [h for h in trainer.state.log_history if "eval_accuracy" in h][-1]
         ctx.report(eval_accuracy=last["eval_accuracy"])
         ctx.phase(f"held-out pairwise accuracy {last['eval_accuracy']:.3f}")
-    if (ctx.folder / "final" / "config.json").exists():
-        from tunelab import models
-        name = model_name(ctx.run_id)
-        models.add_local(ctx.db, ctx.folder / "final", name, kind="reward", source=f"run:{ctx.run_id}")
+    # On a cluster without the workspace (no database) the studio registers it when it pulls final/ back.
+    if ctx.db is not None and (name := register(ctx.db, ctx.run_id, ctx.folder / "final")):
         ctx.phase(f"registered the reward model as {name!r}")
 
 
 def model_name(run_id: str) -> str:
     """The name a full reward run's model is registered under."""
     return f"reward-{run_id}"
+
+
+def register(db, run_id: str, final: Path) -> str | None:
+    """Register a full reward run's model (a LoRA one's adapter loads on its base instead), once; its name."""
+    if not (Path(final) / "config.json").exists():
+        return None
+    from tunelab import models
+    name = model_name(run_id)
+    if not db.execute("SELECT 1 FROM models WHERE name = ?", [name]).fetchone():
+        models.add_local(db, final, name, kind="reward", source=f"run:{run_id}")
+    return name
 
 
 # ---------------------------------------------------------------- using a trained reward model
@@ -149,8 +158,14 @@ def reward_dir(ws, run_id: str) -> Path:
 
 def load(db, ws, run_id: str):
     """(model, tokenizer) of a completed reward run, in eval mode; a LoRA one with its adapter merged in."""
+    return load_folder(reward_dir(ws, run_id), db=db, ws=ws)
+
+
+def load_folder(final: Path, base: Path | None = None, db=None, ws=None):
+    """(model, tokenizer) from a reward run's final/ (an adapter on `base`, else on the base its config
+    names), in eval mode, with a LoRA adapter merged in; a GRPO or RLOO run gets both as its inputs."""
     from tunelab import evaluate
-    model, tokenizer = evaluate.load_reward_model(reward_dir(ws, run_id), db, ws)
+    model, tokenizer = evaluate.load_reward_model(Path(final), db, ws, base=base)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return model, tokenizer

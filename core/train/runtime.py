@@ -218,8 +218,9 @@ SPLITS = ("train", "validation", "test")
 
 
 def resolve_inputs(db, ws: Workspace, cfg: configmod.RunConfig) -> dict[str, Path | None]:
-    """The folders a run trains from: base_model, init (init_from's final/, or None) and dataset (the pinned
-    version's folder of <split>.jsonl files, its content hash checked)."""
+    """The folders a run trains from: base_model, init (init_from's final/, or None), dataset (the pinned
+    version's folder of <split>.jsonl files, its content hash checked), and for GRPO and RLOO reward (the
+    reward run's final/) and reward_base (the base its adapter sits on, or None for a whole model)."""
     from tunelab import datasets, models
     init = None
     if cfg.init_from:
@@ -228,8 +229,14 @@ def resolve_inputs(db, ws: Workspace, cfg: configmod.RunConfig) -> dict[str, Pat
             raise UserError(f"key 'init_from': run {cfg.init_from} has no result in its final/ folder")
         init = Path(row[0]) / "final"
     split_files = datasets.resolve(db, ws, cfg.dataset).files  # checked against the version's content hash
-    return {"base_model": models.model_path(db, ws, cfg.base_model), "init": init,
-            "dataset": next(iter(split_files.values())).parent}
+    inputs = {"base_model": models.model_path(db, ws, cfg.base_model), "init": init,
+              "dataset": next(iter(split_files.values())).parent}
+    if getattr(cfg, "reward_model", None):  # GRPO and RLOO score answers with a reward run's result
+        from tunelab import evaluate
+        from tunelab.train import reward
+        inputs["reward"] = reward.reward_dir(ws, cfg.reward_model)
+        inputs["reward_base"] = evaluate.reward_base(inputs["reward"], db, ws)
+    return inputs
 
 
 def dataset_rows(folder: Path) -> dict[str, list[dict]]:
