@@ -83,3 +83,30 @@ def generate(model, tokenizer, prompts: list[str | list[dict]], settings: Sampli
         if progress:
             progress(min(start + batch_size, len(order)) / len(order), f"{min(start + batch_size, len(order))}/{len(order)} answers")
     return answers  # type: ignore[return-value]
+
+
+def answer_plan(plan: dict, on_answers, progress=None, batch_size: int = 8) -> None:
+    """Sample the answers a campaign's generation plan asks for (feedback.generation.generation_plan: the
+    prompts, the sampling settings, and per model its folders and the sample indices still missing), calling
+    `on_answers(spec, sample, prompt_ids, texts, settings)` as each (model, sample) ends. It reads only the
+    plan, never the database, so a cluster without the workspace runs it too (core/remote.py)."""
+    import gc
+
+    base = SamplingSettings(**plan["settings"])
+    prompt_ids = [pid for pid, _ in plan["prompts"]]
+    messages = [m for _, m in plan["prompts"]]
+    units = plan["n_models"] * plan["samples"]  # every (model, sample), done or not: progress counts them all
+    for m in plan["models"]:
+        model, tokenizer = load(Path(m["model"]), Path(m["adapter"]) if m["adapter"] else None)
+        for s in m["samples"]:
+            k = m["index"] * plan["samples"] + s
+            settings = SamplingSettings(**{**asdict(base), "seed": base.seed + s})
+
+            def report(f: float, msg: str, k=k, spec=m["spec"], s=s) -> None:
+                if progress:
+                    progress((k + f) / units, f"{spec} sample {s + 1}: {msg}")
+            report(0.0, "generating")
+            texts = generate(model, tokenizer, messages, settings, batch_size=batch_size, progress=report)
+            on_answers(m["spec"], s, prompt_ids, texts, settings)
+        del model, tokenizer
+        gc.collect()

@@ -9,22 +9,26 @@ only the studio writes tunelab.db:
   come from the cluster's image: `pip install "ray[default,train]" torch transformers peft trl datasets
   accelerate pyyaml sacrebleu rouge-score bm25s` (tunelab's own light ones, sqlite-utils, streamlit, ...,
   are never imported there);
-- inputs: the base model, init_from's result, the dataset version (and for an eval the adapter, the
-  reward model and the reference texts) go to storage as inputs/<content hash>/, once; each node keeps
-  a copy by hash in ~/.cache/tunelab-remote;
+- inputs: the base model, init_from's result, the dataset version (for GRPO and RLOO also the reward
+  model and its base; for an eval the adapter, the reward model and the reference texts; for a campaign's
+  generation each model's folders, its prompts and settings riding in the manifest) go to storage as
+  inputs/<content hash>/, once; each node keeps a copy by hash in ~/.cache/tunelab-remote;
 - the manifest (kind, config, input keys) goes to jobs/<kind>-<target>-<tag>/manifest.json; the tag stays
   with the job's folder (its remote.json), so a resume finds the checkpoints of earlier attempts.
 
 On the cluster `main` makes a local job folder, trains (core/train/runtime.train_in, the same code as a
-local run, with the downloaded copies and no database) or evaluates (evaluate.evaluate_inputs), and a
-`Mirror` copies status.json, metrics.jsonl, each checkpoint, final/ and an eval's result to the job's
-out/ in storage. A stop is a `stop.request` object there (rank 0 polls it) as well as Ray's SIGTERM.
-Each status.json carries its Ray job id (`attempt`), so an earlier attempt's report is never taken for
-this one's.
+local run, with the downloaded copies and no database), evaluates (evaluate.evaluate_inputs) or
+samples a campaign's answers (generate.answer_plan), and a `Mirror` copies status.json, metrics.jsonl,
+each checkpoint, final/, an eval's result and each (model, sample)'s answers to the job's out/ in
+storage. A stop is a `stop.request` object there (rank 0 polls it) as well as Ray's SIGTERM. Each
+status.json carries its Ray job id (`attempt`), so an earlier attempt's report is never taken for this
+one's.
 
 Back in the studio, `pull` (jobs.reconcile calls it for such a job, so the Runs page's refresh does)
 copies status.json, metrics.jsonl and the Ray job's log into the job's folder while it runs, and when it
-has ended the result: a run's final/, an eval's outputs.jsonl and metrics (into its row).
+has ended the result: a run's final/ (a full reward model registered), an eval's outputs.jsonl and
+metrics (into its row), a generation's answers (into SQLite through feedback.generation.store_answers,
+kept whatever the outcome so a restart resumes; pairs built once it completed).
 """
 from __future__ import annotations
 
@@ -48,7 +52,6 @@ from tunelab.errors import UserError
 MARKER = "remote.json"  # in a job's folder: the storage URI and job prefix of its remote attempts
 NODE_CACHE = Path.home() / ".cache" / "tunelab-remote"  # on a cluster node: inputs by content hash
 POLL_S = 1.0  # how often a job copies its reports to storage and looks for a stop request
-REMOTE_METHODS = ("sft", "dpo")  # methods whose training reads only its inputs (reward and grpo use the DB)
 KEEP_CHECKPOINTS = 2  # in storage, as runtime.SAVE_TOTAL_LIMIT keeps locally
 
 
@@ -115,10 +118,6 @@ def _manifest(db, ws, job, store: storage.Store, cache: Path) -> dict:
         from tunelab.train import runtime
         text = (job.path / "config.yaml").read_text()
         cfg = configmod.parse_yaml(text, str(job.path / "config.yaml"))
-        if cfg.method not in REMOTE_METHODS:
-            raise UserError(f"key 'method': {cfg.method} runs on a cluster only in the same-path mode (its "
-                            f"training reads the workspace's database); with the ray_storage setting, "
-                            f"methods {', '.join(REMOTE_METHODS)} run there")
         inputs = runtime.resolve_inputs(db, ws, cfg)
         return {"config": text, "inputs": {k: _upload_folder(store, cache, v) for k, v in inputs.items() if v}}
     if job.kind == "eval":
@@ -132,6 +131,16 @@ def _manifest(db, ws, job, store: storage.Store, cache: Path) -> dict:
         keys.update({k: _upload_folder(store, cache, v) for k, v in inputs.items() if isinstance(v, Path)})
         values = {k: v for k, v in inputs.items() if not isinstance(v, Path) and v is not None}
         return {"config": config.to_dict(), "inputs": keys, "values": values}
+    if job.kind == "generate":
+        from tunelab.feedback import generation
+        plan = generation.generation_plan(db, ws, job.target)
+        keys = {}
+        for m in plan["models"]:  # each folder becomes its input's name (one upload per content, as ever)
+            for part in ("model", "adapter"):
+                if m[part] is not None:
+                    keys[f"{part}-{m['index']}"] = _upload_folder(store, cache, m[part])
+                    m[part] = f"{part}-{m['index']}"
+        return {"config": {}, "inputs": keys, "values": plan}
     raise UserError(f"{job.kind} jobs run on a cluster only in the same-path mode (unset the ray_storage setting)")
 
 
@@ -188,15 +197,33 @@ def pull(db, job, ended: bool) -> None:
         # One log across attempts, as a local job appends to it; attempt ids end in their start time.
         names = sorted(attempts.glob("*.log"), key=lambda p: int(p.stem.rsplit("-", 1)[-1]))
         storage.write_atomic(job.log_path, b"".join(p.read_bytes() for p in names))
+    if job.kind == "generate" and ended:  # kept whatever the outcome, so that a restart resumes
+        _store_answers(db, job, store, out, complete=bool(status and status.get("state") == "completed"))
     if not ended or not status or status.get("state") != "completed":
         return
     if job.kind == "train":
+        from tunelab.train import config as configmod
+        from tunelab.train import reward
         shutil.rmtree(job.path / "final", ignore_errors=True)
         store.download(f"{out}/final", job.path / "final")
+        if configmod.load_file(job.path / "config.yaml").method == "reward":
+            reward.register(db, job.target, job.path / "final")
     elif job.kind == "eval":
         from tunelab import evaluate
         store.download(f"{out}/outputs.jsonl", job.path / "outputs.jsonl")
         evaluate.record_metrics(db, int(job.target), store.get_json(f"{out}/result.json"))
+
+
+def _store_answers(db, job, store: storage.Store, out: str, complete: bool) -> None:
+    """A generate job's answers (out/answers/*.json) into the database, and its pairs once it completed; pairs
+    that cannot be built turn the reported outcome into a failure naming why."""
+    from tunelab.feedback import generation
+    answers = [store.get_json(f"{out}/answers/{name}") for name in sorted(store.listdir(f"{out}/answers"))]
+    try:
+        generation.store_answers(db, job.target, [a for a in answers if a], complete)
+    except UserError as exc:
+        folders.write_json_atomic(job.path / "status.json", {**folders.read_status(job.path), "state": "failed",
+                                                             "error": str(exc)})
 
 
 # ---------------------------------------------------------------- the cluster's side
@@ -331,7 +358,7 @@ def main(manifest_url: str) -> int:
     print(f"[tunelab] {manifest['kind']} job {manifest['job']} ({manifest['target']}) on {os.uname().nodename}: "
           f"python {sys.executable}, tunelab from {Path(tunelab.__file__).parent}", flush=True)
     try:
-        run = _train if manifest["kind"] == "train" else _evaluate
+        run = {"train": _train, "eval": _evaluate, "generate": _generate}[manifest["kind"]]
         state, error = run(store, manifest, folder, mirror)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -384,9 +411,9 @@ class _Stopped(Exception):
     pass
 
 
-def _evaluate(store: storage.Store, manifest: dict, folder: Path, mirror: Mirror) -> tuple[str, str | None]:
-    from tunelab import evaluate
-
+def _once(store: storage.Store, manifest: dict, folder: Path, mirror: Mirror, work) -> tuple[str, str | None]:
+    """Run a job that is not training (`work(files)`, given the downloaded inputs): status.json from the
+    start, mirrored to storage; SIGTERM is a stop; any failure is reported."""
     def on_sigterm(signum, frame):
         raise _Stopped()
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -396,16 +423,7 @@ def _evaluate(store: storage.Store, manifest: dict, folder: Path, mirror: Mirror
         folders.write_json_atomic(folder / "status.json", {"state": "running", "phase": "starting",
                                                            "progress": 0.0, "attempt": mirror.attempt})
         mirror.start()
-        files = _prepare(store, manifest, folder, resume=False)
-        texts = [json.loads(line)["text"] for line in
-                 (files.pop("reference_texts") / "reference.jsonl").read_text().splitlines() if line.strip()]
-        inputs = {"adapter": None, "reward": None, "reward_base": None, "merged_from": None, **files,
-                  **manifest["values"], "reference_texts": texts}
-        config = evaluate.EvalConfig.from_dict(manifest["config"])
-        metrics = evaluate.evaluate_inputs(inputs, config, folders.progress_writer(folder),
-                                           outputs=folder / "outputs.jsonl")
-        store.upload(folder / "outputs.jsonl", f"{mirror.out}/outputs.jsonl")
-        store.put_json(f"{mirror.out}/result.json", metrics)
+        work(_prepare(store, manifest, folder, resume=False))
         state = "completed"
     except _Stopped:
         state = "stopped"
@@ -417,6 +435,42 @@ def _evaluate(store: storage.Store, manifest: dict, folder: Path, mirror: Mirror
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the outcome is being recorded; do not cut it short
     mirror.finish(state, error)
     return state, error
+
+
+def _evaluate(store: storage.Store, manifest: dict, folder: Path, mirror: Mirror) -> tuple[str, str | None]:
+    from tunelab import evaluate
+
+    def work(files: dict) -> None:
+        texts = [json.loads(line)["text"] for line in
+                 (files.pop("reference_texts") / "reference.jsonl").read_text().splitlines() if line.strip()]
+        inputs = {"adapter": None, "reward": None, "reward_base": None, "merged_from": None, **files,
+                  **manifest["values"], "reference_texts": texts}
+        config = evaluate.EvalConfig.from_dict(manifest["config"])
+        metrics = evaluate.evaluate_inputs(inputs, config, folders.progress_writer(folder),
+                                           outputs=folder / "outputs.jsonl")
+        store.upload(folder / "outputs.jsonl", f"{mirror.out}/outputs.jsonl")
+        store.put_json(f"{mirror.out}/result.json", metrics)
+    return _once(store, manifest, folder, mirror, work)
+
+
+def _generate(store: storage.Store, manifest: dict, folder: Path, mirror: Mirror) -> tuple[str, str | None]:
+    """A campaign's generation: each (model, sample)'s answers go to out/answers/ as soon as they are made, for
+    the studio to store (tunelab.db is the studio's alone)."""
+    from tunelab import generate
+
+    def send(spec: str, sample: int, prompt_ids: list[int], texts: list[str], settings) -> None:
+        index = next(m["index"] for m in plan["models"] if m["spec"] == spec)
+        store.put_json(f"{mirror.out}/answers/{index}-{sample}.json",
+                       {"model": spec, "sample": sample, "prompt_ids": prompt_ids, "texts": texts,
+                        "settings": settings.to_dict()})
+
+    plan = manifest["values"]
+
+    def work(files: dict) -> None:
+        for m in plan["models"]:
+            m["model"], m["adapter"] = files[m["model"]], files[m["adapter"]] if m["adapter"] else None
+        generate.answer_plan(plan, send, folders.progress_writer(folder))
+    return _once(store, manifest, folder, mirror, work)
 
 
 if __name__ == "__main__":

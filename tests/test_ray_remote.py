@@ -218,3 +218,97 @@ def test_an_eval_runs_on_the_cluster_and_its_metrics_reach_the_studio(remote_ws,
     outputs = (ws.home / "evals" / str(eval_id) / "outputs.jsonl").read_text().splitlines()
     assert len(outputs) == 2
     assert "100.0% done" in log  # the job's output, from Ray's log
+
+
+@pytest.mark.timeout(600)
+def test_a_campaign_generates_on_the_cluster_and_its_answers_reach_sqlite(remote_ws, hidden_cluster,
+                                                                          tiny_model_dir):
+    from tunelab import feedback, jobs, models
+    from tunelab.generate import SamplingSettings
+    db, ws, _ = remote_ws
+    models.add_local(db, tiny_model_dir, "tiny-b")  # the same files under another name: uploaded once
+    # Enough work (4 x 48 answers) that the tiny model's generation outlasts a few of the studio's polls.
+    prompts = [f"Say something about {t} number {i}." for t in ("tea", "cats", "rain", "maps", "jazz", "salt")
+               for i in range(8)]
+    c = feedback.create_campaign(db, ws, "remote", ["tiny", "tiny-b"], prompts=prompts,
+                                 config=feedback.CampaignConfig(samples=2, overlap=1),
+                                 settings=SamplingSettings(max_new_tokens=40, temperature=0.8, seed=5))
+    job = feedback.start_generation(db, ws, "remote", backend="ray")
+    assert job.status == "running" and job.ray_job_id, job.error
+    seen = []  # what the studio showed while it ran: pulled from storage by reconcile
+    c = feedback.wait_generation(db, "remote", progress=lambda f, m: seen.append((f, m)), timeout_s=400)
+    job = jobs.get(db, job.id)
+    log = job.log_path.read_text()
+    assert c.status == "ready" and job.status == "completed", (job.error, log[-3000:])
+    assert any(0 < f < 1 and "sample" in m for f, m in seen), seen
+    assert "tiny-b sample 2: generating" in log  # the job's output, from Ray's log
+    assert str(REPO) not in log.split("tunelab from", 1)[1].splitlines()[0]
+    rows = db.execute("SELECT r.model, r.sample, r.seed, r.text FROM responses r JOIN campaign_prompts p "
+                      "ON p.id = r.prompt_id WHERE p.campaign_id = ?", [c.id]).fetchall()
+    assert sorted({(m, s, seed) for m, s, seed, _ in rows}) == [("tiny", 0, 5), ("tiny", 1, 6), ("tiny-b", 0, 5),
+                                                                 ("tiny-b", 1, 6)]
+    assert len(rows) == 4 * 48 and all(text for *_, text in rows)
+    assert db.execute("SELECT count(*) FROM pairs WHERE campaign_id = ?", [c.id]).fetchone()[0] == 2 * 48
+    assert len(_store(db).listdir("inputs")) == 1  # two specs, one model folder's content
+    # Starting it again has nothing left to do: no second generation, the campaign stays ready.
+    with pytest.raises(Exception, match="ready"):
+        feedback.start_generation(db, ws, "remote", backend="ray")
+
+
+def _preferences(n: int) -> list[dict]:
+    """Digits are preferred to words: a reward model learns it in a few steps."""
+    return [{"prompt": [{"role": "user", "content": f"Count to {i % 7 + 2}."}],
+             "chosen": [{"role": "assistant", "content": " ".join(str(d) for d in range(i % 7 + 2))}],
+             "rejected": [{"role": "assistant", "content": "the cat sat on a mat"}]} for i in range(n)]
+
+
+@pytest.mark.timeout(900)
+def test_reward_models_and_grpo_train_on_the_cluster(remote_ws, hidden_cluster, tmp_path):
+    """A full reward model comes back registered; a LoRA one's adapter sits on a base the cluster cannot see at
+    its recorded path, so GRPO gets that base shipped beside it."""
+    from tunelab import datasets, models, runs
+    db, ws, _ = remote_ws
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _preferences(16)))
+    ref = datasets.import_file(db, ws, path, "prefs").version.ref
+    common = {"base_model": "tiny", "dataset": ref, "learning_rate": 1e-3, "per_device_train_batch_size": 4,
+              "save_steps": 100, "warmup_ratio": 0.0, "seed": 0, "backend": "ray"}
+    full = runs.launch(db, ws, {**common, "method": "reward", "tuning": "full", "max_steps": 3})
+    lora = runs.launch(db, ws, {**common, "method": "reward", "tuning": "lora", "max_steps": 3})
+    for run_id in (full, lora):
+        run = runs.wait(db, run_id, poll_s=0.5, timeout_s=400)
+        assert run.status == "completed", (run.error, runs.log_tail(run, 80))
+    assert models.get_model(db, f"reward-{full}").kind == "reward"  # registered by the studio on pull
+    assert (runs.get(db, lora).path / "final" / "adapter_config.json").exists()
+
+    grpo = runs.launch(db, ws, {**common, "method": "grpo", "tuning": "lora", "reward_model": lora, "max_steps": 2,
+                                "num_generations": 2, "max_completion_length": 8, "beta": 0.0})
+    run = runs.wait(db, grpo, poll_s=0.5, timeout_s=400)
+    assert run.status == "completed", (run.error, runs.log_tail(run, 80))
+    train = [m for m in runs.read_metrics(ws, grpo) if m["kind"] == "train"]
+    assert [m["step"] for m in train] == [1, 2] and all("reward" in m for m in train)
+    assert (run.path / "final" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.timeout(600)
+def test_an_eval_runs_through_a_shared_folder(tiny_model, hidden_cluster, monkeypatch, tmp_path_factory):
+    """ray_storage as a folder that the studio and every node mount (here /tmp, which the cluster sees)."""
+    import tempfile
+
+    from tunelab import datasets, evaluate, workspace
+    db, ws, _ = tiny_model
+    shared = Path(tempfile.mkdtemp(prefix="tlshared", dir="/tmp"))
+    assert not shared.is_relative_to(tmp_path_factory.getbasetemp())  # the cluster hides that one
+    workspace.set_setting(db, "ray_storage", str(shared))
+    monkeypatch.setenv("RAY_ADDRESS", hidden_cluster.address)
+    ref = datasets.import_file(db, ws, SAMPLE, "acme").version.ref
+    try:
+        eval_id = evaluate.launch(db, ws, evaluate.EvalConfig(model="tiny", dataset=ref, limit=2, max_new_tokens=4,
+                                                              backend="ray"))
+        row = evaluate.wait(db, eval_id, timeout_s=400)
+        assert row["status"] == "completed", (row["error"], open(row["log"]).read()[-3000:])
+        assert row["metrics"]["rows"] == 2
+        prefix = json.loads((ws.home / "evals" / str(eval_id) / "remote.json").read_text())["prefix"]
+        assert (shared / prefix / "out" / "result.json").exists() and any((shared / "inputs").iterdir())
+    finally:
+        subprocess.run(["rm", "-rf", str(shared)], check=True)

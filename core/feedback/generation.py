@@ -4,12 +4,15 @@
 and evals); its process runs `run_job`, which samples N answers per prompt and model in batches and
 reports progress in the job folder's status.json. Answers are stored as each (model, sample) ends,
 so a restarted job resumes. Pairs are then built per prompt across models; each pair wants K votes.
+
+On a Ray cluster that shares no disk with the studio (the ray_storage setting), core/remote.py ships the
+job's `generation_plan` (prompts, settings, model folders), the job sends each (model, sample)'s answers
+back through storage, and the studio stores them and builds the pairs (`store_answers`) when it ends.
 """
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -64,39 +67,46 @@ def run_job(db, ws, target: str, folder: Path) -> tuple[str, str | None]:
 
 
 def generate_responses(db, ws, name: str, progress: Progress | None = None, batch_size: int = 8) -> None:
-    """Sample every (model, sample) over all prompts, store the answers, then build the pairs.
+    """Sample every missing (model, sample) over all prompts, store the answers, then build the pairs.
 
     Runs in the `generate` job's process (run_job), which records the outcome. Answers already stored are
     kept, so a restarted job resumes.
     """
-    import gc
-
     from tunelab import generate
     c = get_campaign(db, name)
-    base = SamplingSettings(**c.settings)
-    items = prompts(db, c)
-    units = [(spec, s) for spec in c.models for s in range(c.samples)]
-    for u, spec in enumerate(c.models):
-        todo = [s for s in range(c.samples) if _missing(db, c, spec, s, len(items))]
-        if not todo:
-            continue
-        model, tokenizer = generate.load(*ModelSpec.parse(spec).folders(db, ws))
-        for s in todo:
-            k = units.index((spec, s))
-            settings = SamplingSettings(**{**asdict(base), "seed": base.seed + s})
 
-            def report(f: float, msg: str, k=k, spec=spec, s=s) -> None:
-                if progress:
-                    progress((k + f) / len(units), f"{spec} sample {s + 1}: {msg}")
-            report(0.0, "generating")
-            answers = generate.generate(model, tokenizer, [m for _, m in items], settings,
-                                        batch_size=batch_size, progress=report)
-            store_responses(db, c, spec, s, [pid for pid, _ in items], answers, settings)
-        del model, tokenizer
-        gc.collect()
+    def store(spec: str, sample: int, prompt_ids: list[int], texts: list[str], settings: SamplingSettings) -> None:
+        store_responses(db, c, spec, sample, prompt_ids, texts, settings)
+    generate.answer_plan(generation_plan(db, ws, name), store, progress, batch_size)
     n = build_pairs(db, c)
     if progress:
         progress(1.0, f"{n} pairs ready")
+
+
+def generation_plan(db, ws, name: str) -> dict:
+    """What the campaign's generation reads, as plain values and paths (generate.answer_plan samples it;
+    core/remote.py ships it to a cluster without the workspace): the prompts (id, messages), the sampling
+    settings, and per model that still lacks answers its folders and the sample indices to make."""
+    c = get_campaign(db, name)
+    items = prompts(db, c)
+    models = []
+    for u, spec in enumerate(c.models):
+        todo = [s for s in range(c.samples) if _missing(db, c, spec, s, len(items))]
+        if todo:
+            path, adapter = ModelSpec.parse(spec).folders(db, ws)
+            models.append({"spec": spec, "index": u, "model": path, "adapter": adapter, "samples": todo})
+    return {"settings": c.settings, "prompts": items, "samples": c.samples, "n_models": len(c.models),
+            "models": models}
+
+
+def store_answers(db, name: str, answers: list[dict], complete: bool) -> int | None:
+    """Store answers that a job on a cluster sent back (each {model, sample, prompt_ids, texts, settings}),
+    and once the job `complete`d build the pairs; returns their number then."""
+    c = get_campaign(db, name)
+    for a in answers:
+        store_responses(db, c, a["model"], int(a["sample"]), a["prompt_ids"], a["texts"],
+                        SamplingSettings(**a["settings"]))
+    return build_pairs(db, c) if complete else None
 
 
 def _missing(db, c: Campaign, spec: str, sample: int, n_prompts: int) -> bool:
