@@ -299,8 +299,10 @@ def _fmt(value, digits: int = 1):
 
 
 def _print_board(board: dict) -> None:
+    from tunelab import leaderboard
     anchor = f", anchor {board['anchor']} = 1000" if board["anchor"] else ""
-    print(f"campaign: {board['campaign'] or 'all'} ({board['votes']} votes{anchor}); eval set: {board['dataset'] or '-'}")
+    print(f"campaign: {board['campaign'] or 'all'} ({board['votes']} votes{anchor}); eval set: {board['dataset'] or '-'}; "
+          f"{leaderboard.basis(board)}")
     _table([{**r, "rating": _fmt(r["rating"], 0),
              "95% CI": f"{r['ci_low']:.0f}..{r['ci_high']:.0f}" if r["ci_low"] is not None else "",
              "win_rate": _fmt(r["win_rate"], 2), "perplexity": _fmt(r["perplexity"], 2),
@@ -314,7 +316,8 @@ def _print_board(board: dict) -> None:
 def cmd_leaderboard(args) -> None:
     from tunelab import leaderboard
     db, _ = _db_ws()
-    board = leaderboard.build(db, campaign=args.campaign, dataset=args.dataset, anchor=args.anchor)
+    board = leaderboard.build(db, campaign=args.campaign, dataset=args.dataset, anchor=args.anchor,
+                              source=args.source, judge=args.judge)
     if args.json:
         _print_json(board)
     elif args.csv:
@@ -367,12 +370,10 @@ def cmd_feedback_status(args) -> None:
     db, _ = _db_ws()
     jobs.reconcile(db)  # a generation process that died shows as failed
     q = feedback.quality(db, args.name)
-    q["sampling"] = feedback.get_campaign(db, args.name).sampling  # how its next pair is chosen
     if args.json:
         _print_json(q)
         return
-    print(f"{q['campaign']}: {q['status']} ({q['progress']:.0%} {q['progress_message'] or ''}), "
-          f"{q['sampling']} sampling"
+    print(f"{q['campaign']}: {q['status']} ({q['progress']:.0%} {q['progress_message'] or ''})"
           + (f" error: {q['error']}" if q["error"] else ""))
     print(f"models: {', '.join(q['models'])}; pairs {q['pairs']} ({q['pairs_complete']} complete), "
           f"gold {q['gold_pairs']}; votes {q['votes']} from {q['annotators']} annotators")
@@ -380,6 +381,10 @@ def cmd_feedback_status(args) -> None:
           f"agreement {q['percent_agreement']}  left wins {q['left_win_rate']}")
     _table(q["per_annotator"], ["annotator", "votes", "median_seconds", "agreement_with_majority", "gold_accuracy",
                                 "left_wins", "flagged"])
+    if q["judges"]:
+        print("judges against people:")
+        _table(q["judges"], ["judge", "kind", "judged", "compared", "agreement_with_people", "cohen_kappa",
+                             "position_consistency", "judge_prefers_longer", "people_prefer_longer"])
 
 
 def cmd_feedback_list(args) -> None:
@@ -397,7 +402,8 @@ def cmd_feedback_export(args) -> None:
     db, ws = _db_ws()
     policy = feedback.ExportPolicy(min_votes=args.min_votes, min_agreement=args.min_agreement,
                                    drop_ties=not args.keep_ties, drop_both_bad=not args.keep_both_bad)
-    doc = feedback.export(db, ws, args.name, args.format, args.out, policy, register=args.register)
+    doc = feedback.export(db, ws, args.name, args.format, args.out, policy, register=args.register,
+                          source=args.source, judge=args.judge)
     _print_json(doc) if args.json else print(
         f"wrote {doc['rows']} rows to {doc['out']}" + (f"; registered {doc['dataset']}" if doc.get("dataset") else ""))
 
@@ -438,6 +444,22 @@ def cmd_feedback_judge(args) -> None:
           + ", ".join(f"{k} {v}" for k, v in doc["choices"].items())
           + (f"; same verdict in both orders {consistent:.0%}" if consistent is not None else "")
           + (f"; {unparsed} of {doc['asked']} replies named no option (counted as tie)" if unparsed else ""))
+
+
+def cmd_feedback_triage(args) -> None:
+    from tunelab import feedback
+    db, _ = _db_ws()
+    if args.undo:
+        doc = feedback.untriage(db, args.name, args.judge)
+        _print_json(doc) if args.json else print(
+            f"{doc['campaign']}: {doc['restored']} pairs back to people ({doc['to_people']} pairs to people)")
+        return
+    if not args.judge:
+        raise UserError("--judge NAME: the judge whose confident verdicts stand (see `tunelab feedback status`)")
+    doc = feedback.triage(db, args.name, args.judge, min_margin=args.min_margin)
+    _print_json(doc) if args.json else print(
+        f"{doc['campaign']}: {doc['to_people']} pairs to people ({doc['unsure']} the judge is unsure of, "
+        f"{doc['not_judged']} not judged), {doc['to_judge']} left to judge {doc['judge']}")
 
 
 # ---------------------------------------------------------------- training runs
@@ -590,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tunelab import configs
     from tunelab.evaluate import EvalConfig
     from tunelab.feedback import CampaignConfig
+    from tunelab.feedback.triage import MIN_MARGIN
     from tunelab.generate import SamplingSettings
     from tunelab.train import config as train_config
 
@@ -701,6 +724,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--campaign", help="ratings from this campaign's votes only (default: all campaigns)")
     x.add_argument("--dataset", help="eval results on this dataset NAME[@V] (default: the latest evaluated)")
     x.add_argument("--anchor", help="model rated exactly 1000 (default: the bundled model, else a base model)")
+    x.add_argument("--source", choices=("people", "judge", "both"), default="people",
+                   help="whose votes the ratings rest on: people, a judge's verdicts, or both (people's votes on a "
+                        "pair when it has any, else the judge's)")
+    x.add_argument("--judge", help="source judge or both: the judge whose verdicts count (default: the campaign's only one)")
     fmt = x.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--csv", action="store_true", help="print CSV")
@@ -746,6 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--min-agreement", type=float, default=0.5, help="least share of votes agreeing with the majority")
     x.add_argument("--keep-ties", action="store_true", help="keep pairs whose majority is a tie (margin 0)")
     x.add_argument("--keep-both-bad", action="store_true", help="keep pairs whose majority is both bad (margin 0)")
+    x.add_argument("--source", choices=("people", "judge", "both"), default="people",
+                   help="battles format: people's votes, a judge's verdicts, or both (people's where a pair has any)")
+    x.add_argument("--judge", help="source judge or both: the judge whose verdicts to write (default: the only one)")
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_feedback_export)
     x = fsub.add_parser("import", help="external judgments (Arena battles, AlpacaEval annotations) as a campaign")
@@ -778,6 +808,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-wait", action="store_true", help="start the job and return at once")
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_feedback_judge)
+    x = fsub.add_parser("triage", help="send people only the pairs a judge is unsure of; its confident verdicts stand")
+    x.add_argument("name", help="campaign name")
+    x.add_argument("--judge", help="the judge whose confident verdicts stand (with --undo: only its pairs)")
+    x.add_argument("--min-margin", type=float, default=MIN_MARGIN,
+                   help="least |margin| of a verdict that stands (default %(default)s: P(a) - P(b) of a chat "
+                        "judge; a reward judge's margin is in reward units)")
+    x.add_argument("--undo", action="store_true", help="give the triaged pairs back to people (K votes each)")
+    x.add_argument("--json", action="store_true", help="print JSON")
+    x.set_defaults(func=cmd_feedback_triage)
 
     x = msub.add_parser("merge", help="merge a LoRA run's adapter into its base as a new registered model")
     x.add_argument("run_id", help="a completed LoRA or QLoRA run")

@@ -4,6 +4,9 @@
   400·log10 scale with the anchor at 1000 (default: the bundled model, else a registered base model,
   else the first model without an adapter), bootstrap 95% intervals, ranks from those intervals, and win rate against
   the anchor.
+  The votes come from a source (`feedback.SOURCES`): people (the default), a judge's verdicts, or both
+  (people's votes where a pair has any, else the judge's); the board counts each, so its intervals
+  say what they rest on (`basis`).
 - Eval results are the latest completed eval run per row label on one eval dataset (default: the
   dataset of the most recently finished eval). Baselines are rows of their own: `model [prompting]`,
   `model [rag]`.
@@ -78,10 +81,11 @@ def default_anchor(db, names: list[str]) -> str | None:
 
 
 def build(db, campaign: str | None = None, dataset: str | None = None, anchor: str | None = None,
-          rounds: int = ratings.ROUNDS, seed: int = 0) -> dict:
-    """{'rows': [...], 'anchor', 'campaign', 'dataset', 'votes', 'updated_at'}; rows best first."""
+          rounds: int = ratings.ROUNDS, seed: int = 0, source: str = "people", judge: str | None = None) -> dict:
+    """{'rows': [...], 'anchor', 'campaign', 'dataset', 'votes', 'source', 'people_votes', 'judge_votes',
+    'judges', 'updated_at'}; rows best first. `source` and `judge` pick the votes (`feedback.battles`)."""
     from tunelab import feedback
-    battles = feedback.battles(db, campaign)
+    battles = feedback.battles(db, campaign, source=source, judge=judge)
     names = sorted({b["model_a"] for b in battles} | {b["model_b"] for b in battles})
     anchor = anchor or default_anchor(db, names)
     rated = {r.model: r for r in ratings.rate(battles, anchor=anchor, rounds=rounds, seed=seed)}
@@ -122,7 +126,21 @@ def build(db, campaign: str | None = None, dataset: str | None = None, anchor: s
     stamps = [b.get("tstamp") or 0 for b in battles] + [e["finished_at"] or 0 for e in latest.values()]
     return {"rows": rows, "anchor": anchor if rated else None, "campaign": campaign,
             "dataset": next(iter(latest.values()))["dataset"] if latest else dataset,
-            "votes": len(battles), "updated_at": max(stamps) if stamps else None, "built_at": time.time()}
+            "votes": len(battles), "source": source,
+            "people_votes": sum(b["source"] == "people" for b in battles),
+            "judge_votes": sum(b["source"] == "judge" for b in battles),
+            "judges": sorted({b["judge"] for b in battles if b["source"] == "judge"}),
+            "updated_at": max(stamps) if stamps else None, "built_at": time.time()}
+
+
+def basis(board: dict) -> str:
+    """What the board's intervals rest on, for a caption: people's votes, judge verdicts, or both."""
+    people, judged = board["people_votes"], board["judge_votes"]
+    parts = [] if board["source"] == "judge" else [f"{people} {'person' if people == 1 else 'people'}'s vote"
+                                                   f"{'' if people == 1 else 's'}"]
+    if board["source"] != "people":
+        parts.append(f"{judged} judge verdict{'' if judged == 1 else 's'} (judge {', '.join(board['judges']) or '-'})")
+    return "intervals rest on " + " and ".join(parts)
 
 
 def to_csv(rows: list[dict]) -> str:

@@ -110,6 +110,52 @@ else:
                 width="stretch")
         st.bar_chart(pd.Series(q["choices"], name="votes"), horizontal=True, height=180)
 
+    # ------------------------------------------------------------ judges against people, triage
+    if q["judges"]:
+        st.markdown("**Judges against people**")
+        num = st.column_config.NumberColumn
+        st.dataframe(pd.DataFrame(q["judges"]), hide_index=True, column_config={
+            "judge": st.column_config.TextColumn("judge", help="The judge's name in this campaign."),
+            "kind": st.column_config.TextColumn("kind", help="reward model, chat model, or an OpenAI-compatible "
+                                                "endpoint."),
+            "judged": num("judged", help="Pairs the judge gave a verdict on."),
+            "compared": num("compared", help="Pairs both the judge and people judged where people have a majority "
+                            "label (a pair whose people are level is not compared)."),
+            "agreement_with_people": num("agreement", format="%.2f", help="Share of the compared pairs where the "
+                                         "judge's verdict equals the people's majority label."),
+            "cohen_kappa": num("Cohen's κ", format="%.2f", help="Judge against the people's majority on the "
+                               "compared pairs, corrected for chance: 1 is full agreement, 0 what chance gives."),
+            "position_consistency": num("position consistency", format="%.2f", help="Of the verdicts asked in both "
+                                        "orders, the share that stayed the same when A and B were swapped (blank: "
+                                        "the judge reads no order, as a reward model)."),
+            "judge_prefers_longer": num("judge prefers longer", format="%.2f", help="Of the judge's decisive "
+                                        "verdicts on pairs both judged whose answers differ in length, the share "
+                                        "that chose the longer answer."),
+            "people_prefer_longer": num("people prefer longer", format="%.2f", help="The same share for people's "
+                                        "decisive votes on those pairs; a judge well above it has a length bias."),
+            "length_pairs": num("pairs by length", help="Pairs both judged whose two answers differ in length.")})
+        if "fb_triage_done" in st.session_state:
+            st.success(st.session_state.pop("fb_triage_done"))
+        st.caption(f"Triage: people get only the pairs a judge is unsure of (a small |margin|, a verdict that flips "
+                   f"when A and B swap, a tie); its confident verdicts stand. Now {q['pairs_triaged']} of "
+                   f"{q['pairs']} pairs are left to a judge.")
+        t1, t2, t3, t4 = st.columns([2, 1, 1, 1], vertical_alignment="bottom")
+        triage_judge = t1.selectbox("Triage with judge", [r["judge"] for r in q["judges"]], key="triage_judge")
+        min_margin = t2.number_input("Min |margin|", min_value=0.0, value=feedback.MIN_MARGIN, step=0.05,
+                                     key="triage_margin", help="Least |margin| of a verdict that stands: P(a) − P(b) "
+                                     "for a chat or endpoint judge; reward units for a reward model.")
+        if t3.button("Triage", key="triage_go"):
+            with _ui.user_errors():
+                doc = feedback.triage(conn, selected, triage_judge, min_margin=min_margin)
+                st.session_state.fb_triage_done = (f"{doc['to_people']} pairs to people, {doc['to_judge']} left "
+                                                   f"to judge {doc['judge']}.")
+                st.rerun()
+        if t4.button("Undo triage", key="triage_undo", disabled=not q["pairs_triaged"]):
+            with _ui.user_errors():
+                doc = feedback.untriage(conn, selected)
+                st.session_state.fb_triage_done = f"{doc['restored']} pairs back to people."
+                st.rerun()
+
     # ------------------------------------------------------------ export
     st.subheader("Export")
     a, b, c_, d = st.columns(4)

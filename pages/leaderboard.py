@@ -8,23 +8,40 @@ import pandas as pd
 import streamlit as st
 
 from tunelab import evaluate, feedback, leaderboard
+from tunelab.feedback.judgments import list_judges
 from pages import _ui
 
 user = _ui.guard("leaderboard")
 st.title("Leaderboard")
 conn = _ui.db()
 
-campaigns = [c.name for c in feedback.list_campaigns(conn)]
+all_campaigns = feedback.list_campaigns(conn)
+campaigns = [c.name for c in all_campaigns]
 eval_sets = sorted({e["dataset"] for e in evaluate.list_evals(conn, status="completed")})
-left, right = st.columns(2)
+left, mid, right = st.columns(3)
 campaign = left.selectbox("Campaign (human votes)", ["All campaigns", *campaigns], key="lb_campaign")
+source = mid.selectbox("Votes from", feedback.SOURCES, key="lb_source",
+                       help="people: annotators' votes; judge: a judge's verdicts; both: people's votes on a pair when "
+                            "it has any, else the judge's (the pairs triage left to the judge).")
 eval_set = right.selectbox("Eval set (task metrics)", ["Latest evaluated", *eval_sets], key="lb_dataset")
-board = leaderboard.build(conn, campaign=None if campaign == "All campaigns" else campaign,
-                          dataset=None if eval_set == "Latest evaluated" else eval_set)
+judge = None
+if source != "people":
+    judges = sorted({j.name for c in all_campaigns if campaign in ("All campaigns", c.name)
+                     for j in list_judges(conn, c.id)})
+    if len(judges) > 1:  # across campaigns, each may have its own single judge
+        judge = st.selectbox("Judge", [None, *judges] if campaign == "All campaigns" else judges, key="lb_judge",
+                             format_func=lambda j: j or "each campaign's own judge")
+board = None
+with _ui.user_errors():
+    board = leaderboard.build(conn, campaign=None if campaign == "All campaigns" else campaign,
+                              dataset=None if eval_set == "Latest evaluated" else eval_set, source=source, judge=judge)
+if board is None:
+    st.stop()
 rows = board["rows"]
 
 updated = dt.datetime.fromtimestamp(board["updated_at"]).strftime("%Y-%m-%d %H:%M") if board["updated_at"] else "never"
-st.caption(f"Last updated {updated} · {board['votes']} votes · eval set {board['dataset'] or '(none)'} · "
+st.caption(f"Last updated {updated} · {board['votes']} votes: {leaderboard.basis(board)} · "
+           f"eval set {board['dataset'] or '(none)'} · "
            f"ratings are Bradley–Terry on Arena's scale: 400 points is 10:1 odds, {board['anchor'] or 'the anchor'} "
            "is fixed at 1000; the interval is a 95% bootstrap interval; models whose intervals overlap share a rank.")
 if not rows:

@@ -12,13 +12,14 @@ Callers use `from tunelab import feedback` and the names below.
 """
 from tunelab.feedback.campaigns import (GOLD_MODEL, Campaign, CampaignConfig, add_gold, add_gold_file,
                                      create_campaign, get_campaign, list_campaigns, prompts)
-from tunelab.feedback.exporting import ExportPolicy, aggregate, arena_battles, battles, export
+from tunelab.feedback.exporting import SOURCES, ExportPolicy, aggregate, arena_battles, battles, export
 from tunelab.feedback.generation import build_pairs, start_generation, store_responses, wait_generation
 from tunelab.feedback.importing import import_judgments
 from tunelab.feedback.judges import (DEFAULT_TIE_BAND, TEMPLATE, judge_summary, judges_overview, make_spec,
                                      parse_spec, start_judge, wait_judge)
+from tunelab.feedback.panel import judge_panel
 from tunelab.feedback.quality import quality
-from tunelab.feedback.sampling import model_pair_probabilities
+from tunelab.feedback.triage import MIN_MARGIN, triage, untriage
 from tunelab.feedback.votes import (CHOICES, SHOWN_CHOICES, STRENGTHS, Assignment, annotator_progress, cast_vote,
                                  next_pair, skip, undo_last, vote_and_next)
 
@@ -28,4 +29,5 @@ __all__ = ["CHOICES", "GOLD_MODEL", "SHOWN_CHOICES", "STRENGTHS", "Assignment", 
            "import_judgments", "list_campaigns", "next_pair", "prompts", "quality", "skip", "start_generation",
            "store_responses", "undo_last", "vote_and_next", "wait_generation",
            "DEFAULT_TIE_BAND", "TEMPLATE", "judge_summary", "judges_overview", "make_spec", "parse_spec",
-           "start_judge", "wait_judge", "model_pair_probabilities"]
+           "start_judge", "wait_judge",
+           "SOURCES", "MIN_MARGIN", "judge_panel", "triage", "untriage"]

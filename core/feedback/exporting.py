@@ -2,6 +2,9 @@
 
 `aggregate` turns each pair's votes into at most one preference row under an `ExportPolicy`;
 `export` writes either format as JSONL and can register the TRL rows as a preference dataset.
+Battles come from a source: `people` (their votes, the default), `judge` (one judge's verdicts), or
+`both` (per pair, people's votes when it has any, else the judge's verdict, so the pairs triage left
+to the judge are carried by it).
 """
 from __future__ import annotations
 
@@ -12,34 +15,75 @@ from pathlib import Path
 
 from tunelab import agreement, workspace
 from tunelab.errors import UserError
-from tunelab.feedback.campaigns import get_campaign, list_campaigns
+from tunelab.feedback.campaigns import Campaign, get_campaign, list_campaigns
+from tunelab.feedback.judgments import get_judge, judgment_rows, list_judges
 from tunelab.feedback.votes import STRENGTHS, WINNER_OF, vote_rows
 
+SOURCES = ("people", "judge", "both")
 
-def battles(db, name: str | None = None) -> list[dict]:
-    """Every non-gold vote as a battle (model_a, model_b, winner, judge, tstamp), for the ratings."""
+
+def verdicts(db, c: Campaign, source: str = "people", judge: str | None = None, strict: bool = True) -> list[dict]:
+    """The campaign's non-gold verdicts from `source`, oldest first within each source: vote rows
+    (people) and judgment rows (a judge) alike, with `judge` naming who gave it (annotator or judge)
+    and `source` 'people' or 'judge'. `judge` picks the judge; by default the campaign's only one.
+    `strict` (one campaign asked for by name): a missing judge is an error rather than no verdicts."""
+    if source not in SOURCES:
+        raise UserError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
+    people = [] if source == "judge" else [{**v, "judge": v["annotator"], "source": "people"}
+                                           for v in vote_rows(db, c.id)]
+    name = None if source == "people" else _judge_name(db, c, judge, strict and source == "judge")
+    if name is None:
+        return people
+    voted = {v["pair_id"] for v in people}
+    return people + [{**j, "source": "judge"} for j in judgment_rows(db, c.id, name) if j["pair_id"] not in voted]
+
+
+def _judge_name(db, c: Campaign, judge: str | None, strict: bool) -> str | None:
+    """The judge whose verdicts count in this campaign, or None when it has none (or not that one)."""
+    names = [j.name for j in list_judges(db, c.id)]
+    if judge:
+        if judge not in names and strict:
+            get_judge(db, c.id, judge)  # raises, listing the campaign's judges
+        return judge if judge in names else None
+    if len(names) > 1:
+        raise UserError(f"campaign {c.name!r} has several judges ({', '.join(names)}); choose one with --judge")
+    if not names and strict:
+        raise UserError(f"campaign {c.name!r} has no judge verdicts; run `tunelab feedback judge {c.name} "
+                        "--judge SPEC` first, or take source people")
+    return names[0] if names else None
+
+
+def battles(db, name: str | None = None, source: str = "people", judge: str | None = None) -> list[dict]:
+    """Every non-gold verdict from `source` (see `verdicts`) as a battle (model_a, model_b, winner,
+    judge, tstamp, campaign, source), for the ratings; all campaigns when `name` is None."""
     campaigns = [get_campaign(db, name)] if name else list_campaigns(db)
     out = []
     for c in campaigns:
         out += [{"model_a": v["model_a"], "model_b": v["model_b"], "winner": WINNER_OF[v["choice"]],
-                 "judge": v["annotator"], "tstamp": v["cast_at"], "campaign": c.name}
-                for v in vote_rows(db, c.id)]
+                 "judge": v["judge"], "tstamp": v["cast_at"], "campaign": c.name, "source": v["source"]}
+                for v in verdicts(db, c, source, judge, strict=name is not None)]
+    if source == "judge" and not name and not out:
+        raise UserError(f"no campaign has verdicts of {'judge ' + repr(judge) if judge else 'a judge'}; "
+                        "run `tunelab feedback judge CAMPAIGN --judge SPEC` first, or take source people")
     return out
 
 
-def arena_battles(db, name: str) -> list[dict]:
-    """Raw votes in Chatbot Arena's battle format, conversations included."""
+def arena_battles(db, name: str, source: str = "people", judge: str | None = None) -> list[dict]:
+    """Verdicts from `source` in Chatbot Arena's battle format, conversations included."""
     c = get_campaign(db, name)
+    messages = {pid: json.loads(m) for pid, m in
+                db.execute("SELECT id, messages_json FROM campaign_prompts WHERE campaign_id = ?", [c.id])}
     out = []
-    for v in vote_rows(db, c.id):
-        msgs = json.loads(v["messages_json"])
+    for v in verdicts(db, c, source, judge):
+        msgs = messages[v["prompt_id"]]
         out.append({
             "question_id": f"{c.name}:{v['prompt_id']}", "model_a": v["model_a"], "model_b": v["model_b"],
-            "winner": WINNER_OF[v["choice"]], "judge": v["annotator"], "tstamp": v["cast_at"],
+            "winner": WINNER_OF[v["choice"]], "judge": v["judge"], "tstamp": v["cast_at"],
             "conversation_a": msgs + [{"role": "assistant", "content": v["text_a"]}],
             "conversation_b": msgs + [{"role": "assistant", "content": v["text_b"]}],
             "turn": sum(m["role"] == "user" for m in msgs), "anony": True,
-            "strength": STRENGTHS.get(v["strength"]), "seconds": v["seconds"], "left_model": v["left_model"],
+            "strength": STRENGTHS.get(v.get("strength")), "seconds": v.get("seconds"),
+            "left_model": v.get("left_model"),
         })
     return out
 
@@ -92,21 +136,24 @@ def aggregate(db, name: str, policy: ExportPolicy | None = None) -> tuple[list[d
 
 
 def export(db, ws, name: str, fmt: str, out: str | Path, policy: ExportPolicy | None = None,
-           register: str | None = None) -> dict:
-    """Write `trl` (aggregated preferences) or `battles` (raw votes) as JSONL; optionally register the
-    TRL rows as a preference dataset version. Returns what was written."""
+           register: str | None = None, source: str = "people", judge: str | None = None) -> dict:
+    """Write `trl` (aggregated preferences) or `battles` (raw verdicts from `source`) as JSONL;
+    optionally register the TRL rows as a preference dataset version. Returns what was written."""
     out = workspace.export_target(ws, out)
     if fmt == "trl":
+        if source != "people":
+            raise UserError(f"--source {source}: the trl format aggregates people's votes only; "
+                            "take --format battles for a judge's verdicts")
         rows, counts = aggregate(db, name, policy)
     elif fmt == "battles":
         if register:
             raise UserError("--register: only the trl format becomes a dataset")
-        rows, counts = arena_battles(db, name), {}
+        rows, counts = arena_battles(db, name, source, judge), {}
     else:
         raise UserError(f"format {fmt!r}: expected trl or battles")
     workspace.write_export(ws, out, lambda tmp: tmp.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"))
-    doc = {"campaign": name, "format": fmt, "out": str(out), "rows": len(rows), **counts}
+    doc = {"campaign": name, "format": fmt, "source": source, "out": str(out), "rows": len(rows), **counts}
     if register:
         if not rows:
             raise UserError(f"campaign {name!r}: no pair passed the export policy, so there is nothing to register")

@@ -1,5 +1,6 @@
 """Quality of a campaign's labels: agreement (Cohen's κ, Krippendorff's α), per-annotator figures,
-gold accuracy, position bias, flags, and how far generation and voting have come.
+gold accuracy, position bias, flags, and how far generation and voting have come; and, under
+"judges", each judge measured against the people (panel.py), apart from the human figures.
 
 An annotator is flagged when, over at least FLAG_MIN_ITEMS pairs that others also rated, they agree
 with the others' majority less than FLAG_AGREEMENT of the time, or when they got less than
@@ -13,6 +14,7 @@ from collections import defaultdict
 
 from tunelab import agreement
 from tunelab.feedback.campaigns import get_campaign
+from tunelab.feedback.panel import judge_panel
 from tunelab.feedback.votes import CHOICES, vote_rows
 
 FLAG_AGREEMENT = 0.5
@@ -22,7 +24,8 @@ FLAG_MIN_GOLD = 3
 
 
 def quality(db, name: str) -> dict:
-    """Agreement, per-annotator figures, position bias, flags, and generation progress for one campaign."""
+    """Agreement, per-annotator figures, position bias, flags, and generation progress for one campaign;
+    judges against people under "judges"."""
     c = get_campaign(db, name)
     votes = vote_rows(db, c.id)
     gold_votes = vote_rows(db, c.id, gold=True)
@@ -63,13 +66,13 @@ def quality(db, name: str) -> dict:
 
     decided = [v for v in votes if v["choice"] in ("a", "b") and v["left_is_a"] is not None]
     counts = {label: sum(v["choice"] == label for v in votes) for label in CHOICES}
-    pairs_total, pairs_done = db.execute(
-        "SELECT count(*), coalesce(sum(votes_needed IS NOT NULL AND n_votes >= votes_needed), 0) FROM pairs "
-        "WHERE campaign_id = ? AND gold IS NULL", [c.id]).fetchone()
+    pairs_total, pairs_done, triaged = db.execute(
+        "SELECT count(*), coalesce(sum(votes_needed IS NOT NULL AND n_votes >= votes_needed), 0), count(triaged_by) "
+        "FROM pairs WHERE campaign_id = ? AND gold IS NULL", [c.id]).fetchone()
     return {
         "campaign": c.name, "status": c.status, "progress": round(c.progress, 4), "progress_message": c.progress_message,
         "error": c.error, "models": c.models, "source": c.source, "judge": c.judge, "overlap": c.overlap,
-        "pairs": pairs_total, "pairs_complete": pairs_done,
+        "pairs": pairs_total, "pairs_complete": pairs_done, "pairs_triaged": triaged,
         "gold_pairs": db.execute("SELECT count(*) FROM pairs WHERE campaign_id = ? AND gold IS NOT NULL",
                                  [c.id]).fetchone()[0],
         "votes": len(votes), "gold_votes": len(gold_votes), "choices": counts, "annotators": len(annotators),
@@ -79,6 +82,7 @@ def quality(db, name: str) -> dict:
         "left_win_rate": _round(sum(_left_won(v) for v in decided) / len(decided)) if decided else None,
         "per_annotator": per,
         "flagged": [r["annotator"] for r in per if r["flagged"]],
+        "judges": judge_panel(db, c.id),
     }
 
 
