@@ -370,10 +370,12 @@ def cmd_feedback_status(args) -> None:
     db, _ = _db_ws()
     jobs.reconcile(db)  # a generation process that died shows as failed
     q = feedback.quality(db, args.name)
+    q["sampling"] = feedback.get_campaign(db, args.name).sampling  # how its next pair is chosen
     if args.json:
         _print_json(q)
         return
-    print(f"{q['campaign']}: {q['status']} ({q['progress']:.0%} {q['progress_message'] or ''})"
+    print(f"{q['campaign']}: {q['status']} ({q['progress']:.0%} {q['progress_message'] or ''}), "
+          f"{q['sampling']} sampling"
           + (f" error: {q['error']}" if q["error"] else ""))
     print(f"models: {', '.join(q['models'])}; pairs {q['pairs']} ({q['pairs_complete']} complete), "
           f"gold {q['gold_pairs']}; votes {q['votes']} from {q['annotators']} annotators")

@@ -19,6 +19,7 @@ from tunelab.feedback.judges import (DEFAULT_TIE_BAND, TEMPLATE, judge_summary, 
                                      parse_spec, start_judge, wait_judge)
 from tunelab.feedback.panel import judge_panel
 from tunelab.feedback.quality import quality
+from tunelab.feedback.sampling import model_pair_probabilities
 from tunelab.feedback.triage import MIN_MARGIN, triage, untriage
 from tunelab.feedback.votes import (CHOICES, SHOWN_CHOICES, STRENGTHS, Assignment, annotator_progress, cast_vote,
                                  next_pair, skip, undo_last, vote_and_next)
@@ -30,4 +31,4 @@ __all__ = ["CHOICES", "GOLD_MODEL", "SHOWN_CHOICES", "STRENGTHS", "Assignment", 
            "store_responses", "undo_last", "vote_and_next", "wait_generation",
            "DEFAULT_TIE_BAND", "TEMPLATE", "judge_summary", "judges_overview", "make_spec", "parse_spec",
            "start_judge", "wait_judge",
-           "SOURCES", "MIN_MARGIN", "judge_panel", "triage", "untriage"]
+           "SOURCES", "MIN_MARGIN", "judge_panel", "triage", "untriage", "model_pair_probabilities"]
