@@ -4,7 +4,9 @@ namespace where the repository, the studio's site-packages and the test workspac
 tmpfs mounts, from a Python environment of its own with Ray and the training libraries but not tunelab (as a
 cluster image would have; built once and cached in ~/.cache/tunelab-tests/ray-env). Code travels as the
 job's runtime_env, inputs and results through the bucket; a 2-worker LoRA run is stopped, resumed and
-completes with its metrics and adapter back in the run folder; an eval runs there too.
+completes with its metrics and adapter back in the run folder; an eval runs there too, a campaign's
+generation (answers into SQLite, pairs built), reward models and GRPO; and an eval through a shared folder
+in place of S3.
 
 Needs root (for `unshare -m` and mount); the environment build takes about a minute the first time."""
 import hashlib
