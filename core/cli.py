@@ -286,10 +286,12 @@ def cmd_eval(args) -> None:
     else:
         print(f"eval {eval_id}: {row['label']} on {row['dataset']} ({row['metrics']['split']} split, "
               f"{row['metrics']['rows']} rows)")
-        for key in ("loss", "perplexity", "exact_match", "rouge_l", "bleu", "chrf", "length_words", "reward",
+        for key in ("loss", "perplexity", "exact_match", "rouge_l", "bleu", "chrf", "length_words", "format", "reward",
                     "reference_perplexity", "forgetting"):
             if row["metrics"].get(key) is not None:
                 print(f"  {key:22s} {row['metrics'][key]:.4g}")
+        for name, rate in (row["metrics"].get("checks") or {}).items():
+            print(f"  check {name:16s} {rate:.4g}% pass")
         for note in row["metrics"].get("notes", []):
             print(f"  note: {note}")
 
@@ -307,10 +309,11 @@ def _print_board(board: dict) -> None:
              "95% CI": f"{r['ci_low']:.0f}..{r['ci_high']:.0f}" if r["ci_low"] is not None else "",
              "win_rate": _fmt(r["win_rate"], 2), "perplexity": _fmt(r["perplexity"], 2),
              "rouge_l": _fmt(r["rouge_l"]), "bleu": _fmt(r["bleu"]), "exact_match": _fmt(r["exact_match"]),
+             "format": _fmt(r["format"]),
              "forgetting": f"{r['forgetting']:+.1f}%" if r["forgetting"] is not None else "",
              "train_seconds": _fmt(r["train_seconds"], 0)} for r in board["rows"]],
            ["rank", "model", "rating", "95% CI", "votes", "win_rate", "perplexity", "exact_match", "rouge_l",
-            "bleu", "forgetting", "method", "data", "train_seconds"])
+            "bleu", "format", "forgetting", "method", "data", "train_seconds"])
 
 
 def cmd_leaderboard(args) -> None:

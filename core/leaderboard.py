@@ -29,7 +29,7 @@ from typing import Callable
 from tunelab import evaluate, models, ratings, samples, untrusted
 from tunelab.errors import UserError
 
-METRICS = ("loss", "perplexity", "exact_match", "rouge_l", "bleu", "chrf", "length_words", "reward",
+METRICS = ("loss", "perplexity", "exact_match", "rouge_l", "bleu", "chrf", "length_words", "format", "reward",
            "reference_perplexity", "forgetting")
 COLUMNS = ("model", "rank", "rating", "ci_low", "ci_high", "votes", "win_rate", "elo", *METRICS, "method",
            "tuning", "data", "train_seconds", "cost_usd", "run_id", "run_status", "base_model", "adapter",
