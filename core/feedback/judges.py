@@ -20,22 +20,8 @@ endpoint that returns logprobs; otherwise parsed from the reply's text, where A 
 either way) and is counted as `unparsed` in the job's report (report.json in the job folder), so a
 judge that cannot follow the template shows up as one, not as a confident judge of ties.
 
-TEMPLATE (the user turn sent to the judge):
-
-    You are judging two answers to the same prompt. Decide which answer is better: more helpful,
-    more correct and clearer. Ignore which answer comes first and how long each is.
-
-    [Prompt]
-    {prompt}
-
-    [Answer A]
-    {answer_a}
-
-    [Answer B]
-    {answer_b}
-
-    Reply with exactly one word: A if answer A is better, B if answer B is better, or tie if they are
-    equally good.
+TEMPLATE, below, is the user turn sent to the judge (the README and the Feedback page's Judges box
+show it).
 
 A judge's verdicts go to `judgments` (tunelab.feedback.judgments), never to people's `votes`. The job
 (kind 'judge', target 'CAMPAIGN/JUDGE') writes them a batch at a time, so a stopped or failed job
