@@ -3,10 +3,12 @@ prompting and RAG baselines that answer "should we fine-tune at all?".
 
 One eval run scores one model spec (a base model, base + a run's LoRA adapter, or a merged model)
 on one split of an eval dataset version, optionally as a baseline:
-- prompting: the base model with a system prompt and k fixed few-shot examples from the train split;
+- prompting: the model with a system prompt and k fixed few-shot examples from the train split;
 - rag: the same, but the k examples are the train rows BM25 (bm25s) ranks nearest to each prompt.
 Both baselines show their examples as earlier user/assistant turns, so the only difference between
-them is which examples; a train row whose prompt equals the eval prompt is never shown.
+them is which examples; a train row whose prompt equals the eval prompt is never shown. On a fine-tuned
+spec (NAME+RUN) they are the combinations production systems use, fine-tuned + prompting and
+fine-tuned + RAG: rows of their own, `NAME+RUN [rag]`, beside `NAME [rag]` and `NAME+RUN`.
 
 Metrics (all over the evaluated rows):
 - loss / perplexity: mean cross-entropy of the reference answer's tokens given the prompt (the
@@ -19,7 +21,10 @@ Metrics (all over the evaluated rows):
   in `<run>/final`) on prompt + answer;
 - forgetting: perplexity on general text (the reference set) and its change against the base
   model in percent, +10 meaning 10% higher perplexity than before training. Prompting and RAG leave
-  the weights alone, so their forgetting is 0 by construction.
+  the weights alone, so their forgetting is 0 on a base model, and the fine-tuned model's on NAME+RUN;
+- format: percent of answers that pass every behaviour check (core/checks.py: regular expressions,
+  required sections, JSON and JSON Schema, length, refusals, forbidden phrases), and `checks`, the pass
+  rate of each. The checks are the eval's own file (`checks`), else the ones its dataset declares.
 
 `launch` records the run in SQLite and queues it as an `eval` job (core/jobs.py: the queue shared with
 training, local or Ray); the job process writes progress to `<home>/evals/<id>/status.json`, its log to
@@ -27,6 +32,7 @@ training, local or Ray); the job process writes progress to `<home>/evals/<id>/s
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -58,7 +64,8 @@ class EvalConfig:
                 "tuning its whole model."})
     baseline: str | None = field(default=None, metadata={
         "help": "prompting (system prompt + k few-shot train examples) or rag (k BM25-retrieved train "
-                "examples); empty for the model as it is.", "choices": BASELINES})
+                "examples); empty for the model as it is. With an adapter, the combination: fine-tuned + "
+                "prompting or fine-tuned + RAG.", "choices": BASELINES})
     split: str | None = field(default=None, metadata={
         "help": "Split to evaluate; default test, else validation, else train (which a fine-tuned model has seen)."})
     k: int = field(default=3, metadata={"help": "Examples shown by the prompting and RAG baselines."})
@@ -67,6 +74,11 @@ class EvalConfig:
     reference: str | None = field(default=None, metadata={
         "help": "General-text set for forgetting: a dataset NAME[@VERSION] or a JSONL file with a 'text' field; "
                 "default the bundled data/samples/general_text.jsonl."})
+    checks: str | None = field(default=None, metadata={
+        "help": "Behaviour checks on the answers: a YAML or JSON file listing regex, sections, json (with an "
+                "optional JSON Schema), max_length, forbidden and refusal checks; format is the percent of answers "
+                "passing all. Default: the checks the eval dataset declares (the bundled sample declares its "
+                "'Answer: ... / Steps: 1. ...' format)."})
     limit: int | None = field(default=100, metadata={"help": "Evaluate at most this many rows (and reference texts)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Most tokens per generated answer (greedy)."})
     max_length: int = field(default=1024, metadata={"help": "Longest sequence scored for loss; longer prompts are cut on the left."})
@@ -396,7 +408,7 @@ def eval_inputs(db, ws: Workspace, config: EvalConfig) -> dict:
     """Everything an eval reads, as paths and plain values, so that it runs without the workspace
     (core/remote.py ships these): the dataset version's folder, kind and ref; the model and adapter
     folders; the reward model's folder and base; the reference texts; the base model of a merged or
-    fully tuned model (for forgetting)."""
+    fully tuned model (for forgetting); the behaviour checks, as plain declarations."""
     from tunelab import datasets, models
     version = datasets.resolve(db, ws, config.dataset)
     split_files = version.files  # checked against the version's content hash
@@ -408,11 +420,27 @@ def eval_inputs(db, ws: Workspace, config: EvalConfig) -> dict:
             raise UserError(f"reward run {config.reward}: no model at {reward}")
     ref_label, texts = reference_texts(db, ws, config.reference, config.limit)
     merged_from = None if adapter is not None else config.model if config.adapter else _base_of_merged(db, config.model)
+    checks_source, declared = declared_checks(db, ws, version, config.checks)
     return {"dataset": next(iter(split_files.values())).parent, "dataset_kind": version.kind,
             "dataset_ref": version.ref, "model": path, "adapter": adapter, "reward": reward,
             "reward_base": reward_base(reward, db, ws) if reward else None, "reference_label": ref_label,
-            "reference_texts": texts,
+            "reference_texts": texts, "checks": declared, "checks_source": checks_source,
             "merged_from": models.model_path(db, ws, merged_from) if merged_from is not None else None}
+
+
+def declared_checks(db, ws: Workspace, version, path: str | None) -> tuple[str | None, list[dict] | None]:
+    """(where from, declarations) of an eval's behaviour checks: its own file, else the ones its dataset
+    declares, which for now are the bundled samples' `<stem>.checks.yaml`, used when the dataset's first
+    version was imported from that very sample file (same content hash, whatever it was named); else none."""
+    from tunelab import checks, datasets
+    if path:
+        return Path(path).name, checks.load(path)
+    root = datasets.lineage(db, ws, version.ref)[0]
+    for sidecar in sorted(Path(samples.__file__).parent.glob("*.checks.yaml")):
+        data = sidecar.with_name(sidecar.name.removesuffix(".checks.yaml") + ".jsonl")
+        if data.is_file() and hashlib.sha256(data.read_bytes()).hexdigest() == root.source_hash:
+            return sidecar.name, checks.load(sidecar)
+    return None, None
 
 
 def evaluate_inputs(inputs: dict, config: EvalConfig, progress: Progress | None = None,
@@ -471,6 +499,14 @@ def evaluate_inputs(inputs: dict, config: EvalConfig, progress: Progress | None 
     else:
         metrics["length_words"] = length_words(answers)
 
+    passed = None
+    if inputs.get("checks"):  # absent from a cluster job's inputs when there are none
+        from tunelab import checks
+        declared = checks.parse(inputs["checks"], inputs.get("checks_source") or "checks")
+        passed = [checks.run(answer, declared) for answer in answers]
+        every, each = checks.pass_rates(passed)
+        metrics.update(format=every, checks=each, checks_source=inputs.get("checks_source"))
+
     rewards = None
     if config.reward:
         report(0.72, f"scoring with reward model {config.reward}")
@@ -497,7 +533,8 @@ def evaluate_inputs(inputs: dict, config: EvalConfig, progress: Progress | None 
         with open(outputs, "w", encoding="utf-8") as fh:
             for i, (prompt, answer) in enumerate(zip(prompts, answers)):
                 fh.write(json.dumps({"prompt": prompt, "reference": references[i], "answer": answer,
-                                     "reward": rewards[i] if rewards else None}) + "\n")
+                                     "reward": rewards[i] if rewards else None,
+                                     "checks": passed[i] if passed else None}) + "\n")
     report(1.0, "done")
     return metrics
 
@@ -561,11 +598,17 @@ def create(db, ws: Workspace, config: EvalConfig) -> int:
         raise UserError(f"reward run {config.reward}: no model at {ws.runs_dir / config.reward / 'final'}")
     if config.split and config.split not in version.files:
         raise UserError(f"split {config.split!r}: dataset {version.ref} has {', '.join(version.files)}")
+    checks_file = None
+    if config.checks:  # checked now; the job, in another process and folder, reads it by its full path
+        from tunelab import checks
+        checks_file = str(Path(config.checks).expanduser().resolve())
+        checks.load(checks_file)
     address = config.ray_address
     if config.backend == "ray":
         from tunelab import ray_backend
         address = ray_backend.check_address(address)[0]
-    config = EvalConfig.from_dict({**config.to_dict(), "dataset": version.ref, "ray_address": address})
+    config = EvalConfig.from_dict({**config.to_dict(), "dataset": version.ref, "ray_address": address,
+                                   "checks": checks_file})
     cur = db.execute(
         "INSERT INTO eval_runs(label, model, adapter, baseline, dataset, reward, config_json, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
