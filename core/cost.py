@@ -129,11 +129,15 @@ def _tokens_per_row(lengths: list[int], max_length: int, packing: bool) -> tuple
 
 
 def matmul_flops(device: str, n: int = 1024, windows: int = 5, window_s: float = 0.1) -> float:
-    """FLOP/s of an n x n matmul in float32 (bf16 on a GPU that has it): the best of `windows` short windows,
-    since other processes on the machine lower the average, not the best."""
+    """FLOP/s of an n x n matmul in float32 (on a GPU, in the bf16 or fp16 its training autocasts to): the best
+    of `windows` short windows, since other processes on the machine lower the average, not the best."""
     import torch
     dev = "cuda" if device == "cuda" else "cpu"
-    dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if dev == "cuda":
+        from tunelab.train import runtime
+        dtype = runtime.half_dtype()
+    else:
+        dtype = torch.float32
     a = torch.randn(n, n, device=dev, dtype=dtype)
     b = torch.randn(n, n, device=dev, dtype=dtype)
     a @ b  # warm-up

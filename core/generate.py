@@ -34,7 +34,10 @@ def load(model_dir: Path, adapter: Path | None = None, merge: bool = True):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    dtype = torch.float32
+    if torch.cuda.is_available():
+        from tunelab.train import runtime  # imported only here: it brings transformers' Trainer (~2 s)
+        dtype = runtime.half_dtype()  # bf16 where it is native (Ampere on), else fp16
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
     if adapter is not None:
         from peft import PeftModel

@@ -98,7 +98,7 @@ class RunConfig:
         "help": "backend ray: CPUs each worker reserves on the cluster (on CPU, also its torch threads).", "min": 1})
     gpus_per_worker: float | None = field(default=None, metadata={
         "help": "backend ray: GPUs each worker reserves; unset means 1 if the cluster has GPUs, else 0. Pinned "
-                "at launch.", "min": 0.0})
+                "at launch. A whole number when num_workers > 1 (two NCCL ranks cannot share a GPU).", "min": 0.0})
     num_processes: int = field(default=1, metadata={
         "help": "backend local: data-parallel processes on this machine (DDP; one per GPU, or sharing the cores "
                 "on CPU); the effective batch is num_processes x per_device_train_batch_size x "
@@ -210,6 +210,10 @@ def resolve_backend(cfg: RunConfig) -> RunConfig:
     if cfg.num_workers > 1 and cfg.backend != "ray":
         raise UserError("key 'num_workers': data-parallel workers are for backend ray; on this machine use "
                         "num_processes")
+    if cfg.num_workers > 1 and cfg.gpus_per_worker and cfg.gpus_per_worker != int(cfg.gpus_per_worker):
+        raise UserError(f"key 'gpus_per_worker': {cfg.gpus_per_worker:g} GPU per worker would let Ray put two of the "
+                        f"{cfg.num_workers} workers on one GPU, and NCCL cannot run two ranks on one device; use a "
+                        "whole number of GPUs per worker (or 0 for CPU workers), or num_workers: 1 to share a GPU")
     if cfg.num_processes > 1 and cfg.backend != "local":
         raise UserError("key 'num_processes': several processes on this machine are for backend local; on a Ray "
                         "cluster use num_workers")

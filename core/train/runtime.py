@@ -41,12 +41,40 @@ class NaNLoss(Exception):
     """The loss, gradient norm or eval loss stopped being a finite number: the run has diverged."""
 
 
+def mixed_precision(capability: tuple[int, int] | None) -> str | None:
+    """'bf16', 'fp16' or None: the autocast dtype for a CUDA device of this compute capability (None: CPU).
+
+    Native bf16 starts with Ampere (8.0). torch.cuda.is_bf16_supported() also says yes on a T4 (7.5) or a
+    V100 (7.0), which emulate it slowly and have fast fp16 tensor cores instead. On CPU neither: bf16 autocast
+    was about 25x slower there."""
+    if capability is None:
+        return None
+    return "bf16" if tuple(capability) >= (8, 0) else "fp16"
+
+
+def half_dtype():
+    """The torch dtype this process's CUDA device computes fast in: bf16 or fp16, as mixed_precision says."""
+    import torch
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision(torch.cuda.get_device_capability(0))]
+
+
 def device() -> dict:
-    """Where this process trains: bf16 only on a CUDA device that supports it (on CPU it is ~25x slower)."""
+    """Where this process trains, and in which mixed precision (see mixed_precision)."""
     import torch
     cuda = torch.cuda.is_available()
-    return {"kind": "cuda" if cuda else "cpu", "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+    precision = mixed_precision(torch.cuda.get_device_capability(0) if cuda else None)
+    return {"kind": "cuda" if cuda else "cpu", "bf16": precision == "bf16", "fp16": precision == "fp16",
             "name": torch.cuda.get_device_name(0) if cuda else "cpu"}
+
+
+def one_device(environ) -> str:
+    """CUDA_VISIBLE_DEVICES for a run process that trains by itself: the first device it may see.
+
+    With several GPUs visible, transformers sets n_gpu to all of them and wraps the model in nn.DataParallel,
+    which TRL's trainers refuse; data parallelism is num_processes' or num_workers' job (distributed.py).
+    An empty value (no GPU allowed) stays empty."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    return "0" if visible is None else visible.split(",")[0].strip()
 
 
 # ---------------------------------------------------------------- the context a method trains with
@@ -172,11 +200,14 @@ class RunContext:
             data_seed=cfg.seed,
             gradient_checkpointing=cfg.gradient_checkpointing,
             bf16=self.device["bf16"],
+            fp16=self.device["fp16"],
             # Liger's fused RMSNorm, SwiGLU and RoPE kernels (Triton): on a GPU, where `pip install liger-kernel`
-            # put them; TRL keeps its own fused LM head and applies only these layer kernels
+            # put them. Its fused linear cross-entropy stays off for every method: it replaces the model's forward
+            # with a causal LM's, which calls lm_head, and a reward model is a sequence classifier without one
+            # (TRL turns it off for its other trainers, RewardTrainer does not); TRL keeps its own fused LM head.
             use_liger_kernel=self.device["kind"] == "cuda" and importlib.util.find_spec("liger_kernel") is not None,
+            liger_kernel_config={"fused_linear_cross_entropy": False},
             dataloader_pin_memory=self.device["kind"] == "cuda",
-            fp16=False,
             report_to="none",
             logging_nan_inf_filter=False,  # a NaN loss must show (and fail the run), not be averaged away
             disable_tqdm=True,  # train.log gets one readable line per logging step instead
@@ -389,9 +420,11 @@ def train_in(folder: Path, make_context) -> tuple[str, str | None]:
     state, error = "failed", None
     try:
         cfg = configmod.load_file(folder / "config.yaml")
+        from tunelab.train import distributed
+        if not distributed.wanted(cfg):  # before anything starts CUDA, which reads it once
+            os.environ["CUDA_VISIBLE_DEVICES"] = one_device(os.environ)
         ctx = make_context(folder, cfg)
         ctx.report(started_at=time.time(), error=None)
-        from tunelab.train import distributed
         (distributed.train if distributed.wanted(cfg) else configmod.methods()[cfg.method].train)(ctx)
         state = "completed"
     except Stopped:
