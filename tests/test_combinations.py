@@ -2,6 +2,7 @@
 and fine-tuned: `tunelab eval MODEL --adapter RUN --baseline rag` through the real CLI, with the training
 facts of the run and the fine-tuned model's forgetting."""
 import json
+import re
 
 import pytest
 
@@ -11,12 +12,10 @@ from tests.conftest import make_dataset, run_cli, stop_leftover_runs
 FAST = {"k": 2, "limit": 2, "max_new_tokens": 4}
 
 
-@pytest.mark.process
-@pytest.mark.timeout(600)
-def test_combinations_are_rows_with_their_training_facts(tiny_model, tmp_path):
-    db, ws, name = tiny_model
+def _trained(db, ws, tmp_path) -> str:
+    """The QA set (dataset 'qa') and a completed 2-step LoRA SFT run of the tiny model on it; returns its id."""
     version = make_dataset(db, ws, tmp_path)
-    run_id = runs.launch(db, ws, {"base_model": name, "dataset": version.ref, "method": "sft", "tuning": "lora",
+    run_id = runs.launch(db, ws, {"base_model": "tiny", "dataset": version.ref, "method": "sft", "tuning": "lora",
                                   "learning_rate": 1e-2, "max_steps": 2, "per_device_train_batch_size": 2,
                                   "max_length": 96, "logging_steps": 1, "save_steps": 100, "eval_steps": 100,
                                   "warmup_ratio": 0.0})
@@ -25,6 +24,15 @@ def test_combinations_are_rows_with_their_training_facts(tiny_model, tmp_path):
     finally:
         stop_leftover_runs(db)
     assert run.status == "completed", (run.error, runs.log_tail(run))
+    return run_id
+
+
+@pytest.mark.process
+@pytest.mark.timeout(600)
+def test_combinations_are_rows_with_their_training_facts(tiny_model, tmp_path):
+    db, ws, name = tiny_model
+    run_id = _trained(db, ws, tmp_path)
+    version = runs.get(db, run_id).dataset
 
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
     done = run_cli("eval", name, "--adapter", run_id, "--baseline", "rag", "--dataset", "qa", *flags, "--wait",
@@ -49,7 +57,7 @@ def test_combinations_are_rows_with_their_training_facts(tiny_model, tmp_path):
     for label in (f"{name}+{run_id} [rag]", f"{name}+{run_id} [prompting]"):
         r = rows[label]
         assert (r["base_model"], r["adapter"], r["run_id"]) == (name, run_id, run_id)
-        assert (r["method"], r["tuning"], r["data"]) == ("sft", "lora", version.ref)  # the run's facts
+        assert (r["method"], r["tuning"], r["data"]) == ("sft", "lora", version)  # the run's facts
         assert r["train_seconds"] == tuned["train_seconds"] and r["perplexity"] is not None
     assert combo["baseline"] == "rag" and rows[f"{name} [rag]"]["method"] == "rag"
     # The weights are the fine-tuned model's: the same forgetting; the retrieved examples change the prompt.
@@ -57,3 +65,43 @@ def test_combinations_are_rows_with_their_training_facts(tiny_model, tmp_path):
     assert tuned["forgetting"] != pytest.approx(0, abs=1e-6)
     assert combo["loss"] != pytest.approx(tuned["loss"])
     assert rows[f"{name} [rag]"]["forgetting"] == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.process
+@pytest.mark.timeout(400)
+def test_the_evaluate_page_launches_a_combination_with_checks(app, page, tiny_model_dir, tmp_path):
+    from playwright.sync_api import expect
+
+    from tunelab import auth, models
+    from tunelab.workspace import Workspace
+    from tests.conftest import sign_in, wait_for_app
+    db, ws = app.db(), Workspace(app.home).ensure()
+    auth.add_user(db, "root", "admin", "correct horse")
+    auth.add_user(db, "eve", "engineer", "correct horse")
+    models.add_local(db, tiny_model_dir, "tiny")
+    run_id = _trained(db, ws, tmp_path)
+    own = tmp_path / "mine.yaml"
+    own.write_text("- {kind: max_length, words: 1000, name: any_length}\n")
+
+    sign_in(page, app, "eve", "correct horse")
+    page.goto(f"{app.url}/evaluate")
+    page.get_by_role("heading", name="Evaluate").wait_for()
+    wait_for_app(page)
+    page.get_by_test_id("stSelectbox").filter(has_text="Model (MODEL+RUN").click()
+    page.get_by_role("option", name=f"tiny+{run_id}", exact=True).click()
+    page.get_by_text("rag", exact=True).click()
+    for label, value in (("Rows (limit)", "2"), ("Max new tokens", "4")):
+        page.get_by_role("spinbutton", name=label).fill(value)
+    page.get_by_role("textbox", name=re.compile("Behaviour checks file on the server")).fill(str(own))
+    page.get_by_role("button", name="Launch eval").click()
+    page.get_by_text(f"started: tiny+{run_id} [rag] on qa").wait_for()
+    (eval_id,) = [e["id"] for e in evaluate.list_evals(db)]
+    row = evaluate.get(db, eval_id)
+    assert (row["adapter"], row["baseline"], row["config"]["checks"]) == (run_id, "rag", str(own))
+    assert (row["config"]["limit"], row["config"]["max_new_tokens"]) == (2, 4)
+    assert evaluate.wait(db, eval_id, timeout_s=240)["metrics"]["checks"] == {"any_length": 100}
+    page.reload()
+    wait_for_app(page)
+    expect(page.get_by_text("Behaviour checks (mine.yaml), percent of answers passing: any_length 100%")
+           ).to_be_visible()
