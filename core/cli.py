@@ -599,6 +599,40 @@ def cmd_models_merge(args) -> None:
     print(f"registered {info.name} ({info.params or '?'} parameters) at {info.path}")
 
 
+def cmd_models_merge_adapters(args) -> None:
+    from tunelab import merging, runs
+    db, ws = _db_ws()
+    weights = merging.parse_weights(args.weights)
+    with progress_bar(f"merging {', '.join(args.run_ids)} ({args.method})") as update:
+        run_id = merging.merge_adapters(db, ws, args.run_ids, args.method, weights, args.name, args.density,
+                                        progress=update)
+    print(f"merged adapter {args.name}: run {run_id}; use it as {runs.get(db, run_id).base_model}+{run_id}",
+          file=sys.stderr)
+    print(run_id)
+
+
+def cmd_serve(args) -> None:
+    """Print where to call the server, then become the engine's process (its logs, its exit)."""
+    import os
+
+    from tunelab import serving
+    db, ws = _db_ws()
+    with progress_bar(f"preparing {args.spec}") as update:
+        plan = serving.plan(db, ws, args.spec, args.host, args.port, args.engine, progress=update)
+    db.close()
+    print(f"url: {plan.url}\nmodel: {plan.model}\nengine: {plan.engine} (in {plan.cwd}): {' '.join(plan.command)}",
+          flush=True)
+    if args.host not in serving.LOOPBACK:
+        print(f"warning: serving on {args.host}: anyone who reaches it can use the model; the server has no "
+              "sign-in", file=sys.stderr, flush=True)
+    if args.dry_run:
+        return
+    if plan.engine == "vllm" and not os.path.exists(plan.command[0]):
+        raise UserError("--engine vllm: the vllm command is not installed here (pip install vllm, on a CUDA machine)")
+    os.chdir(plan.cwd)
+    os.execve(plan.command[0], plan.command, plan.env)
+
+
 # ---------------------------------------------------------------- reward models
 
 def cmd_score(args) -> None:
@@ -827,6 +861,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_id", help="a completed LoRA or QLoRA run")
     x.add_argument("--name", required=True, help="name to register the merged model under")
     x.set_defaults(func=cmd_models_merge)
+    x = msub.add_parser("merge-adapters", help="combine LoRA runs on one base into a new adapter (PEFT "
+                        "add_weighted_adapter); prints the run id that holds it",
+                        description="Combine the LoRA adapters of completed runs on one base into a new adapter with "
+                        "PEFT's add_weighted_adapter. The result is a completed run of method 'merge': use it as "
+                        "BASE+RUN_ID (eval, Playground, campaigns, leaderboard, init_from).")
+    x.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more completed LoRA runs on one base")
+    x.add_argument("--method", required=True, choices=("linear", "ties", "dare_ties", "svd"),
+                   help="linear, ties and dare_ties combine A and B matrices (one rank); svd cuts the weighted sum "
+                   "of the updates back to the largest rank (any ranks)")
+    x.add_argument("--weights", required=True, metavar="W1,W2,...", help="one weight per run, in order")
+    x.add_argument("--density", type=float, metavar="D", help="ties and dare_ties: the fraction of each adapter's "
+                   "entries kept, in (0, 1]")
+    x.add_argument("--name", required=True, help="what people call the merged adapter (kept in the run's config)")
+    x.set_defaults(func=cmd_models_merge_adapters)
 
     x = sub.add_parser("train", help="launch a training run from a YAML config; prints the run id",
                        description="Launch a training run from a YAML config; prints the run id. Any config key "
@@ -872,6 +920,21 @@ def build_parser() -> argparse.ArgumentParser:
     x = jsub.add_parser("stop", help="stop a job: SIGTERM (a run saves a checkpoint), SIGKILL after 30 s")
     x.add_argument("id", type=int, help="job id")
     x.set_defaults(func=cmd_jobs_stop)
+
+    x = sub.add_parser("serve", help="serve a model or adapter over an OpenAI-compatible API (/v1/chat/completions)",
+                       description="Serve NAME or NAME+RUN_ID over an OpenAI-compatible /v1/chat/completions "
+                       "(streaming included) with an existing engine: `transformers serve` (an adapter is served "
+                       "as a merged copy made once under the workspace's serve/ folder), or vLLM with the "
+                       "adapter as a LoRA module where a CUDA GPU and vllm exist. Prints the URL and the model "
+                       "name clients send, then runs the server until stopped.")
+    x.add_argument("spec", metavar="MODEL[+RUN_ID]", help="a registered model, or one with a completed run's result")
+    x.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s)")
+    x.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s, this machine only); "
+                   "another address serves anyone who reaches it, without sign-in")
+    x.add_argument("--engine", default="auto", choices=("auto", "transformers", "vllm"),
+                   help="auto: vllm where a CUDA GPU and vllm exist, else transformers")
+    x.add_argument("--dry-run", action="store_true", help="print the URL, model name and command; start nothing")
+    x.set_defaults(func=cmd_serve)
 
     x = sub.add_parser("score", help="the reward a trained reward model (a method: reward run) gives one answer")
     x.add_argument("--reward", required=True, metavar="RUN_ID", help="a completed reward-model run")
