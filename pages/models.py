@@ -1,7 +1,7 @@
 """Models: base models with size and chat template, and the runs tuned from each (chat with one as MODEL+RUN)."""
 import streamlit as st
 
-from tunelab import models
+from tunelab import merging, models, runs
 from pages import _ui
 
 _ui.guard("models")
@@ -40,3 +40,28 @@ with st.form("add_model"):
         with _ui.user_errors():
             info = models.add_local(conn, path, name.strip())
             st.success(f"Registered {info.name}.")
+
+st.subheader("Merge adapters")
+adapters = [r for r in models.tuned_runs(conn) if r.tuning != "full"]
+with st.form("merge_adapters"):
+    picked = st.multiselect("Adapters (completed LoRA runs on one base)", [r.id for r in adapters],
+                            format_func=lambda i: next(f"{r.base_model}+{r.id} ({r.method}, {r.dataset})"
+                                                       for r in adapters if r.id == i))
+    method = st.selectbox("Method", merging.METHODS, help="linear, ties and dare_ties need one LoRA rank; svd "
+                          "merges any ranks (see the README's Merging adapters).")
+    weights = st.text_input("Weights, one per adapter in order", placeholder="0.5,0.5")
+    density = st.number_input("Density (ties and dare_ties: fraction of entries kept)", 0.01, 1.0, 0.5)
+    merge_name = st.text_input("Name of the merged adapter")
+    if st.form_submit_button("Merge"):
+        with _ui.user_errors():
+            run_id = merging.merge_adapters(conn, _ui.ws(), picked, method, merging.parse_weights(weights),
+                                            merge_name.strip(),
+                                            density if method in merging.NEEDS_DENSITY else None)
+            st.success(f"Merged into run {run_id}: use it as {runs.get(conn, run_id).base_model}+{run_id}.")
+
+st.subheader("Serve a model to applications")
+# A server is a long-lived process of its own, which the CLI starts and a person stops, not a job.
+spec = st.selectbox("Model or adapter", [s.format() for s in models.chat_choices(conn)])
+st.code(f"tunelab serve {spec} --port 8000", language="bash")
+st.caption("Prints the OpenAI base URL and model name; calls go to /v1/chat/completions (streaming included). "
+           "It listens on 127.0.0.1 only unless --host says otherwise.")

@@ -160,3 +160,37 @@ def test_cli_merges_and_refuses_a_taken_name(lab):
     bad = run_cli("models", "merge-adapters", ids["a"], ids["b"], "--method", "linear", "--weights", "half,half",
                   "--name", "y", env_home=ws.home)
     assert bad.returncode == 2 and "--weights 'half,half'" in bad.stderr
+
+
+@pytest.mark.process
+@pytest.mark.timeout(600)
+def test_models_page_merges_and_shows_the_serve_command(lab, page):
+    """The Models page's form: pick two adapters, a method and weights; the merge is a run, named as asked."""
+    from playwright.sync_api import expect
+
+    from tunelab import auth
+    from tests.conftest import App, sign_in, wait_for_app
+    db, ws, ref, ids = lab
+    auth.add_user(db, "root", "admin", "a long enough password")
+    app = App(ws.home)
+    try:
+        sign_in(page, app, "root", "a long enough password")
+        page.goto(f"{app.url}/models")
+        page.get_by_role("heading", name="Merge adapters").wait_for()
+        wait_for_app(page)
+        form = page.get_by_test_id("stForm").filter(has_text="Merge")
+        for run_id in (ids["a"], ids["b"]):
+            form.get_by_test_id("stMultiSelect").click()
+            page.keyboard.type(f"tiny+{run_id} (sft")  # the list is long (every merge so far): filter it
+            page.get_by_role("option", name=f"tiny+{run_id} (sft, {ref})", exact=True).click()
+        form.get_by_label("Weights, one per adapter in order").fill("0.2,0.8")
+        form.get_by_label("Name of the merged adapter").fill("from-the-page")
+        form.get_by_role("button", name="Merge").click()
+        expect(page.get_by_text("Merged into run")).to_contain_text("use it as tiny+", timeout=120_000)
+        merged = [r for r in runs.list_runs(db) if r.method == "merge" and r.config["name"] == "from-the-page"]
+        assert len(merged) == 1 and merged[0].config["weights"] == [0.2, 0.8]
+        assert merged[0].config["runs"] == [ids["a"], ids["b"]]
+        expect(page.get_by_test_id("stCode").filter(has_text="tunelab serve").first).to_contain_text(
+            "tunelab serve ")
+    finally:
+        app.stop()
