@@ -296,24 +296,15 @@ def cmd_eval(args) -> None:
             print(f"  note: {note}")
 
 
-def _fmt(value, digits: int = 1):
-    return f"{value:.{digits}f}" if isinstance(value, float) else value
-
-
 def _print_board(board: dict) -> None:
     from tunelab import leaderboard
     anchor = f", anchor {board['anchor']} = 1000" if board["anchor"] else ""
     print(f"campaign: {board['campaign'] or 'all'} ({board['votes']} votes{anchor}); eval set: {board['dataset'] or '-'}; "
           f"{leaderboard.basis(board)}")
-    _table([{**r, "rating": _fmt(r["rating"], 0),
-             "95% CI": f"{r['ci_low']:.0f}..{r['ci_high']:.0f}" if r["ci_low"] is not None else "",
-             "win_rate": _fmt(r["win_rate"], 2), "perplexity": _fmt(r["perplexity"], 2),
-             "rouge_l": _fmt(r["rouge_l"]), "bleu": _fmt(r["bleu"]), "exact_match": _fmt(r["exact_match"]),
-             "format": _fmt(r["format"]),
-             "forgetting": f"{r['forgetting']:+.1f}%" if r["forgetting"] is not None else "",
-             "train_seconds": _fmt(r["train_seconds"], 0)} for r in board["rows"]],
-           ["rank", "model", "rating", "95% CI", "votes", "win_rate", "perplexity", "exact_match", "rouge_l",
-            "bleu", "format", "forgetting", "method", "data", "train_seconds"])
+    shown = leaderboard.display(board["rows"], ("rank", "model", "about", "rating", "interval", "votes", "win_rate",
+                                                "perplexity", "exact_match", "rouge_l", "bleu", "format", "forgetting",
+                                                "method", "data", "train_seconds", "cost_usd"))
+    _table(shown, list(shown[0]) if shown else [])
 
 
 def cmd_leaderboard(args) -> None:

@@ -31,9 +31,9 @@ from tunelab.errors import UserError
 
 METRICS = ("loss", "perplexity", "exact_match", "rouge_l", "bleu", "chrf", "length_words", "format", "reward",
            "reference_perplexity", "forgetting")
-COLUMNS = ("model", "rank", "rating", "ci_low", "ci_high", "votes", "win_rate", "elo", *METRICS, "method",
+COLUMNS = ("model", "about", "rank", "rating", "ci_low", "ci_high", "votes", "win_rate", "elo", *METRICS, "method",
            "tuning", "data", "train_seconds", "cost_usd", "run_id", "run_status", "base_model", "adapter",
-           "baseline", "eval_id", "eval_dataset")
+           "baseline", "eval_id", "eval_dataset", "run_name")
 
 
 def _split_label(label: str) -> tuple[str, str | None, str | None]:
@@ -66,7 +66,7 @@ def _training(db, run_id: str) -> dict:
     except UserError:  # imported votes may name a run this workspace never had
         return {}
     return {"method": run.method, "tuning": run.tuning, "data": run.dataset, "train_seconds": run.seconds,
-            "cost_usd": run.usd, "run_status": run.status}
+            "cost_usd": run.usd, "run_status": run.status, "run_name": run.config.get("name")}
 
 
 def default_anchor(db, names: list[str]) -> str | None:
@@ -121,6 +121,7 @@ def build(db, campaign: str | None = None, dataset: str | None = None, anchor: s
             row.update(method=baseline, data=f"{row['eval_dataset']} train split, k={k}" if k else None)
         else:
             row["method"] = "base"
+        row["about"] = _about(row)
         rows.append(row)
     rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, -(r["rating"] or 0), -(r["rouge_l"] or 0)))
     stamps = [b.get("tstamp") or 0 for b in battles] + [e["finished_at"] or 0 for e in latest.values()]
@@ -131,6 +132,85 @@ def build(db, campaign: str | None = None, dataset: str | None = None, anchor: s
             "judge_votes": sum(b["source"] == "judge" for b in battles),
             "judges": sorted({b["judge"] for b in battles if b["source"] == "judge"}),
             "updated_at": max(stamps) if stamps else None, "built_at": time.time()}
+
+
+def _about(row: dict) -> str:
+    """The row as people name it: the run's name, else its method, tuning and data; and the baseline."""
+    if row["run_id"]:
+        what = row["run_name"] or " ".join(x for x in (row["method"] and row["method"].upper(), row["tuning"] and
+                                                       row["tuning"].replace("lora", "LoRA").replace("qLoRA", "QLoRA"),
+                                                       row["data"] and f"on {row['data']}") if x)
+    elif row["baseline"] or row["method"] == "base":
+        what = "base model"
+    else:
+        what = ""
+    extra = {"rag": "with retrieved examples (RAG)", "prompting": "with worked examples in the prompt"}
+    if row["baseline"]:
+        what = f"{what} {extra.get(row['baseline'], row['baseline'])}".strip()
+    return what
+
+
+# How a stakeholder reads the board: a heading per column and how its figures are written, as people
+# read them (a rating to the point, a share as a percentage, a time in minutes). `display` uses it.
+def _fixed(digits: int, suffix: str = "", sign: bool = False):
+    return lambda v: f"{v:{'+' if sign else ''}.{digits}f}{suffix}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+VIEW = {
+    "rank": ("Rank", _fixed(0)),
+    "model": ("Model", str),
+    "about": ("What it is", str),
+    "rating": ("Rating", _fixed(0)),
+    "interval": ("95% interval", str),
+    "votes": ("Votes", _fixed(0)),
+    "win_rate": ("Win rate vs anchor", lambda v: f"{100 * v:.0f}%"),
+    "elo": ("Elo", _fixed(0)),
+    "rouge_l": ("ROUGE-L", _fixed(1)),
+    "exact_match": ("Exact match %", _fixed(0)),
+    "bleu": ("BLEU", _fixed(1)),
+    "chrf": ("chrF", _fixed(1)),
+    "format": ("Format %", _fixed(0)),
+    "reward": ("Reward", _fixed(2)),
+    "perplexity": ("Perplexity", _fixed(1)),
+    "length_words": ("Words", _fixed(0)),
+    "forgetting": ("Forgetting", _fixed(1, "%", sign=True)),
+    "method": ("Method", str),
+    "data": ("Data", str),
+    "train_seconds": ("Training time", _duration),
+    "cost_usd": ("Cost", lambda v: f"${v:.2f}" if v >= 0.995 else f"${v:.3f}" if v >= 0.001 else "< $0.001"),
+}
+
+
+def display(rows: list[dict], columns: tuple[str, ...] = tuple(VIEW)) -> list[dict]:
+    """The rows as a stakeholder reads them: headed columns, figures rounded, a missing value blank, and
+    no column that no row fills (with no votes there is no rating, interval, win rate or Elo)."""
+    def cell(row: dict, key: str):
+        if key == "interval":
+            return f"{row['ci_low']:.0f} – {row['ci_high']:.0f}" if row["ci_low"] is not None else None
+        if key == "votes" and not row["votes"]:
+            return None
+        value = row.get(key)
+        return None if value is None or value == "" else VIEW[key][1](value)
+    cells = [{key: cell(row, key) for key in columns} for row in rows]
+    kept = [key for key in columns if any(c[key] is not None for c in cells)]
+    return [{VIEW[key][0]: "" if c[key] is None else c[key] for key in kept} for c in cells]
+
+
+def tradeoff(rows: list[dict]) -> dict | None:
+    """What the board's scatter plots: each evaluated row's content score (ROUGE-L) against its format
+    adherence, or against its cost when no eval checked the format; None with fewer than two rows."""
+    scored = [r for r in rows if r["rouge_l"] is not None]
+    y = "format" if any(r["format"] is not None for r in scored) else "cost_usd"
+    points = [{"model": r["model"], "about": r["about"], "content": r["rouge_l"], "other": r[y] or 0.0}
+              for r in scored if r[y] is not None or y == "cost_usd"]
+    if len(points) < 2:
+        return None
+    return {"x": "ROUGE-L (content)", "y": "format % (behaviour checks passed)" if y == "format"
+            else "training cost ($)", "points": points}
 
 
 def basis(board: dict) -> str:

@@ -32,5 +32,4 @@ def _leaderboard_top(db, top: int) -> list[dict]:
     from tunelab import leaderboard
 
     board = leaderboard.build(db, rounds=50)  # the home page shows the order, so fewer rounds will do
-    return [{"rank": r["rank"], "model": r["model"], "rating": r["rating"], "votes": r["votes"],
-             "rouge_l": r["rouge_l"], "method": r["method"]} for r in board["rows"][:top]]
+    return board["rows"][:top]

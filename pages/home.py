@@ -22,7 +22,9 @@ if summary["runs_by_status"]:
 top = summary["leaderboard_top"]
 st.subheader("Leaderboard: top models")
 if top:
-    st.dataframe(top, hide_index=True)
+    from tunelab import leaderboard  # numpy: only once there is a board to show
+    st.dataframe(leaderboard.display(top, ("rank", "model", "about", "rating", "interval", "votes", "rouge_l",
+                                           "format", "method")), hide_index=True)
 else:
     st.caption("No ratings yet: run a feedback campaign or an eval to fill the leaderboard.")
 

@@ -40,10 +40,10 @@ if board is None:
 rows = board["rows"]
 
 updated = dt.datetime.fromtimestamp(board["updated_at"]).strftime("%Y-%m-%d %H:%M") if board["updated_at"] else "never"
-st.caption(f"Last updated {updated} · {board['votes']} votes: {leaderboard.basis(board)} · "
-           f"eval set {board['dataset'] or '(none)'} · "
-           f"ratings are Bradley–Terry on Arena's scale: 400 points is 10:1 odds, {board['anchor'] or 'the anchor'} "
-           "is fixed at 1000; the interval is a 95% bootstrap interval; models whose intervals overlap share a rank.")
+ratings_note = (f"{board['votes']} votes: {leaderboard.basis(board)} · ratings are Bradley–Terry on Arena's scale: "
+                f"400 points is 10:1 odds, {board['anchor'] or 'the anchor'} is fixed at 1000; the interval is a 95% "
+                "bootstrap interval; models whose intervals overlap share a rank" if board["votes"] else "no votes yet")
+st.caption(f"Last updated {updated} · eval set {board['dataset'] or '(none)'} · {ratings_note}.")
 if not rows:
     st.info("Nothing to rank yet: run an eval (Evaluate page or `tunelab eval`), collect votes in a campaign, "
             "or run `tunelab demo`.")
@@ -56,23 +56,32 @@ if rated:
     chart = (base.mark_rule(strokeWidth=2).encode(x=alt.X("ci_low:Q", title="rating (95% interval)",
                                                             scale=alt.Scale(zero=False)), x2="ci_high:Q")
              + base.mark_point(filled=True, size=80).encode(
-                 x="rating:Q", tooltip=["model", alt.Tooltip("rating:Q", format=".0f"), "rank", "votes",
-                                        alt.Tooltip("win_rate:Q", format=".2f")]))
+                 x="rating:Q", tooltip=["model", "about", alt.Tooltip("rating:Q", format=".0f"), "rank", "votes",
+                                        alt.Tooltip("win_rate:Q", format=".0%")]))
     st.altair_chart(chart.properties(height=40 * len(rated) + 40), width="stretch")
+else:  # no votes yet: the task metrics are what there is to compare
+    scored = pd.DataFrame([r for r in rows if r["rouge_l"] is not None])
+    if not scored.empty:
+        metrics = [m for m in ("rouge_l", "exact_match", "format") if scored[m].notna().any()]
+        long = scored.melt(id_vars=["model", "about"], value_vars=metrics, var_name="metric", value_name="score")
+        st.altair_chart(alt.Chart(long.dropna()).mark_bar().encode(
+            x=alt.X("score:Q", title="score (0-100)"), y=alt.Y("model:N", title=None, sort="-x"),
+            color=alt.Color("metric:N", title=None), yOffset="metric:N",
+            tooltip=["model", "about", "metric", alt.Tooltip("score:Q", format=".1f")]
+        ).properties(height=30 * len(long) + 40), width="stretch")
+        st.caption("No votes yet, so no ratings: the bars are the eval's task metrics.")
 
-shown = ["rank", "model", "rating", "ci_low", "ci_high", "votes", "win_rate", "elo", "perplexity", "exact_match",
-         "rouge_l", "bleu", "chrf", "reward", "length_words", "forgetting", "method", "data", "train_seconds",
-         "cost_usd"]
-num = st.column_config.NumberColumn
-st.dataframe(pd.DataFrame(rows)[shown], hide_index=True, width="stretch", column_config={
-    "rating": num(format="%.0f"), "ci_low": num("95% low", format="%.0f"), "ci_high": num("95% high", format="%.0f"),
-    "win_rate": num("win rate vs anchor", format="%.2f"), "elo": num("Elo (online)", format="%.0f"),
-    "perplexity": num(format="%.2f"), "exact_match": num("exact match", format="%.1f"),
-    "rouge_l": num("ROUGE-L", format="%.1f"), "bleu": num("BLEU", format="%.1f"), "chrf": num("chrF", format="%.1f"),
-    "reward": num(format="%.3f"), "length_words": num("words", format="%.0f"),
-    "forgetting": num("forgetting", format="%+.1f%%", help="Change in general-text perplexity against the base"),
-    "data": st.column_config.TextColumn("data used"), "train_seconds": num("train s", format="%.0f"),
-    "cost_usd": num("cost", format="$%.4f")})
+plot = leaderboard.tradeoff(rows)
+if plot:
+    points = alt.Chart(pd.DataFrame(plot["points"])).encode(
+        x=alt.X("content:Q", title=plot["x"], scale=alt.Scale(zero=False)),
+        y=alt.Y("other:Q", title=plot["y"], scale=alt.Scale(zero=False)),
+        tooltip=["model", "about", alt.Tooltip("content:Q", format=".1f"), alt.Tooltip("other:Q", format=".2f")])
+    st.altair_chart((points.mark_point(filled=True, size=90)
+                     + points.mark_text(align="left", dx=8, dy=-6).encode(text="model:N")).properties(height=320),
+                    width="stretch")
+
+st.table(pd.DataFrame(leaderboard.display(rows)).set_index("Model"))
 
 a, b = st.columns(2)
 a.download_button("Download CSV", leaderboard.to_csv(rows), file_name="leaderboard.csv", mime="text/csv",

@@ -53,6 +53,9 @@ class RunConfig:
     dataset: str = field(metadata={"help": "Dataset version as name@version; a bare name means the latest "
                                            "version and is pinned at launch."})
     method: str = field(default="sft", metadata={"help": "Training method: a module in core/train/."})
+    name: str | None = field(default=None, metadata={
+        "help": "What people call this run (e.g. 'support tone v2'); the leaderboard shows it beside "
+                "NAME+RUN_ID. Without one it shows the method, tuning and data."})
     init_from: str | None = field(default=None, metadata={
         "help": "Start from a completed run's result (its adapter or model) instead of the bare base model."})
     tuning: str = field(default="lora", metadata={
