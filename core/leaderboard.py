@@ -14,8 +14,9 @@
   tuning) or a merged model (source `run:<id>`): method, tuning, data used (name@version), training time
   and cost.
 
-`demo` runs the whole loop on the embedded defaults: import the sample SFT set, a short LoRA SFT
-of the bundled model, eval of base, prompting, RAG and the adapter, and this leaderboard.
+`demo` runs the whole loop on the embedded defaults: import the sample SFT set and the sample votes, a short
+LoRA SFT of the bundled model and DPO from it on the votes, eval of base, prompting, RAG, the SFT adapter alone
+and with RAG, and the DPO adapter, and this leaderboard.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Callable
 from tunelab import evaluate, models, ratings, samples, untrusted
 from tunelab.errors import UserError
 
+ELO_MAX_VOTES = 200_000   # boards with more votes leave out the online Elo column (see build)
 METRICS = ("loss", "perplexity", "exact_match", "rouge_l", "bleu", "chrf", "length_words", "format", "reward",
            "reference_perplexity", "forgetting")
 COLUMNS = ("model", "about", "rank", "rating", "ci_low", "ci_high", "votes", "win_rate", "elo", *METRICS, "method",
@@ -83,12 +85,18 @@ def default_anchor(db, names: list[str]) -> str | None:
 def build(db, campaign: str | None = None, dataset: str | None = None, anchor: str | None = None,
           rounds: int = ratings.ROUNDS, seed: int = 0, source: str = "people", judge: str | None = None) -> dict:
     """{'rows': [...], 'anchor', 'campaign', 'dataset', 'votes', 'source', 'people_votes', 'judge_votes',
-    'judges', 'updated_at'}; rows best first. `source` and `judge` pick the votes (`feedback.battles`)."""
+    'judges', 'updated_at'}; rows best first. `source` and `judge` pick the votes (`feedback.battle_counts`)."""
     from tunelab import feedback
-    battles = feedback.battles(db, campaign, source=source, judge=judge)
-    names = sorted({b["model_a"] for b in battles} | {b["model_b"] for b in battles})
+    counts = feedback.battle_counts(db, campaign, source=source, judge=judge)
+    names, decisive, ties = ratings.from_counts(counts["groups"])
     anchor = anchor or default_anchor(db, names)
-    rated = {r.model: r for r in ratings.rate(battles, anchor=anchor, rounds=rounds, seed=seed)}
+    votes = counts["people_votes"] + counts["judge_votes"]
+    # Online Elo needs every vote in order, a pass in Python; past ELO_MAX_VOTES the page would wait on
+    # it, so the column is left out there (the ranking is the Bradley–Terry rating's, in any case).
+    elo = ratings.online_elo(feedback.battles(db, campaign, source=source, judge=judge)) \
+        if votes <= ELO_MAX_VOTES else None
+    rated = {r.model: r for r in ratings.rate_counts(names, decisive, ties, anchor=anchor, rounds=rounds, seed=seed,
+                                                     elo=elo)}
 
     evals = evaluate.list_evals(db, dataset=dataset, status="completed")
     if evals and not dataset:
@@ -124,14 +132,12 @@ def build(db, campaign: str | None = None, dataset: str | None = None, anchor: s
         row["about"] = _about(row)
         rows.append(row)
     rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, -(r["rating"] or 0), -(r["rouge_l"] or 0)))
-    stamps = [b.get("tstamp") or 0 for b in battles] + [e["finished_at"] or 0 for e in latest.values()]
+    stamps = [counts["updated_at"] or 0] + [e["finished_at"] or 0 for e in latest.values()]
     return {"rows": rows, "anchor": anchor if rated else None, "campaign": campaign,
             "dataset": next(iter(latest.values()))["dataset"] if latest else dataset,
-            "votes": len(battles), "source": source,
-            "people_votes": sum(b["source"] == "people" for b in battles),
-            "judge_votes": sum(b["source"] == "judge" for b in battles),
-            "judges": sorted({b["judge"] for b in battles if b["source"] == "judge"}),
-            "updated_at": max(stamps) if stamps else None, "built_at": time.time()}
+            "votes": votes, "source": source, "people_votes": counts["people_votes"],
+            "judge_votes": counts["judge_votes"], "judges": counts["judges"],
+            "updated_at": max(stamps) or None, "built_at": time.time()}
 
 
 def _about(row: dict) -> str:
@@ -244,6 +250,14 @@ DEMO_TRAIN = {"method": "sft", "tuning": "lora", "learning_rate": 1e-3, "max_ste
               "per_device_train_batch_size": 4, "max_length": 256, "packing": True, "warmup_ratio": 0.0,
               "logging_steps": 1, "save_steps": 1000, "eval_steps": 1000, "seed": 0}
 DEMO_EVAL = {"limit": 20, "max_new_tokens": 96, "k": 3}
+# The preference step: the sample votes (data/samples/acme_router_votes.jsonl, written by bench/sample_votes.py)
+# prefer the format-keeping answer; a few LoRA DPO steps from the SFT adapter (about a minute on 2 CPU cores).
+DEMO_VOTES = samples.path("acme_router_votes.jsonl")
+DEMO_VOTES_CAMPAIGN = "acme-router-sample-votes"
+DEMO_PREFERENCES = "acme-router-votes"
+DEMO_DPO = {"method": "dpo", "tuning": "lora", "learning_rate": 5e-4, "beta": 0.1, "max_steps": 8,
+            "per_device_train_batch_size": 4, "max_length": 256, "warmup_ratio": 0.0, "logging_steps": 1,
+            "save_steps": 1000, "eval_steps": 1000, "seed": 0}
 
 
 def demo_dataset(db, ws, path: Path, name: str, report: Callable[[float, str], None]):
@@ -260,30 +274,70 @@ def demo_dataset(db, ws, path: Path, name: str, report: Callable[[float, str], N
     return datasets.split(db, ws, imported.ref, val=DEMO_VALIDATION, seed=0)
 
 
+def demo_votes(db, ws, report: Callable[[float, str], None]):
+    """The sample votes as a campaign labelled sample (feedback.SAMPLE_SOURCE: written for the demo, not cast
+    by people, and left out of every board of all campaigns), and their TRL preference rows as a dataset;
+    imported once, a later demo reuses both."""
+    from tunelab import datasets, feedback
+    if DEMO_VOTES_CAMPAIGN not in {c.name for c in feedback.list_campaigns(db)}:
+        report(0.0, f"importing {DEMO_VOTES.name} (sample votes)")
+        feedback.import_judgments(db, DEMO_VOTES, "arena", DEMO_VOTES_CAMPAIGN, sample=True)
+    if DEMO_PREFERENCES in {d["name"] for d in datasets.list_datasets(db)}:
+        return datasets.resolve(db, ws, DEMO_PREFERENCES)
+    done = feedback.export(db, ws, DEMO_VOTES_CAMPAIGN, "trl", f"{DEMO_PREFERENCES}.jsonl", register=DEMO_PREFERENCES)
+    return datasets.resolve(db, ws, done["dataset"])
+
+
+def _trained(db, ws, config: dict, report: Callable[[float, str], None]):
+    from tunelab import runs
+    run_id = runs.launch(db, ws, config)
+    run = runs.wait(db, run_id, progress=lambda f, m: report(f, f"training {run_id} ({config['method']}): {m}"))
+    if run.status != "completed":
+        raise UserError(f"demo training run {run_id} {run.status}: {run.error or ''} (see {run.path / 'train.log'})")
+    return run
+
+
 def demo(db, ws, model: str = models.DEFAULT_MODEL, train: dict | None = None, eval_settings: dict | None = None,
          progress: Callable[[float, str], None] | None = None) -> dict:
-    """Import, fine-tune, evaluate (base, prompting, RAG, adapter) and build the leaderboard."""
-    from tunelab import runs
+    """Import, fine-tune (LoRA SFT, then DPO from it on the sample votes), evaluate (base, prompting, RAG, the
+    SFT adapter alone and with RAG, the DPO adapter) and build the leaderboard. `train` overrides both runs'
+    settings (the CLI's --max-steps). The result says how long each phase took (`seconds`)."""
+    from tunelab import feedback
     report = progress or (lambda f, m: None)
+    seconds, clock = {}, time.time()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        seconds[phase], clock = round(time.time() - clock, 1), time.time()
+
     report(0.0, f"preparing {model}")
     models.model_path(db, ws, model, progress=lambda f, m: report(0.05 * f, m))
     version = demo_dataset(db, ws, DEMO_DATA, DEMO_DATASET, lambda f, m: report(0.05, m))
+    preferences = demo_votes(db, ws, lambda f, m: report(0.05, m))
+    lap("prepare")
 
-    run_id = runs.launch(db, ws, {**DEMO_TRAIN, **(train or {}), "base_model": model, "dataset": version.ref})
-    run = runs.wait(db, run_id, progress=lambda f, m: report(0.07 + 0.48 * f, f"training {run_id}: {m}"))
-    if run.status != "completed":
-        raise UserError(f"demo training run {run_id} {run.status}: {run.error or ''} (see {run.path / 'train.log'})")
+    run = _trained(db, ws, {**DEMO_TRAIN, **(train or {}), "base_model": model, "dataset": version.ref},
+                   lambda f, m: report(0.06 + 0.3 * f, m))
+    lap("train sft")
+    dpo = _trained(db, ws, {**DEMO_DPO, **(train or {}), "base_model": model, "dataset": preferences.ref,
+                            "init_from": run.id}, lambda f, m: report(0.36 + 0.14 * f, m))
+    lap("train dpo")
 
     settings = {**DEMO_EVAL, **(eval_settings or {})}
-    plans = [{}, {"baseline": "prompting"}, {"baseline": "rag"}, {"adapter": run_id}]
+    plans = [{}, {"baseline": "prompting"}, {"baseline": "rag"}, {"adapter": run.id},
+             {"adapter": run.id, "baseline": "rag"}, {"adapter": dpo.id}]
     evals = {}
     for i, plan in enumerate(plans):
         config = evaluate.EvalConfig(model=model, dataset=version.ref, **settings, **plan)
         eval_id = evaluate.create(db, ws, config)
-        lo, span = 0.55 + 0.44 * i / len(plans), 0.44 / len(plans)
+        lo, span = 0.5 + 0.49 * i / len(plans), 0.49 / len(plans)
         # In this process: the same recorded eval run as `tunelab eval`, without a process start per eval.
         evaluate.execute(db, ws, eval_id, lambda f, m: report(lo + span * f, f"eval {config.label}: {m}"))
         evals[config.label] = eval_id
+        lap(f"eval {config.label}")
     board = build(db, dataset=version.ref)
     report(1.0, "done")
-    return {"dataset": version.ref, "run": run_id, "train_seconds": run.seconds, "evals": evals, "leaderboard": board}
+    return {"dataset": version.ref, "run": run.id, "train_seconds": run.seconds, "dpo_run": dpo.id,
+            "dpo_seconds": dpo.seconds, "preferences": preferences.ref,
+            "sample_votes": {"campaign": DEMO_VOTES_CAMPAIGN, "source": feedback.SAMPLE_SOURCE, "file": DEMO_VOTES.name},
+            "evals": evals, "seconds": seconds, "leaderboard": board}

@@ -4,6 +4,7 @@ out by hand below. Judge verdicts are written as a judge writes them (`judgments
 `write_judgment`); people's votes as an annotator's or an import's are (`votes.write_vote`), or
 through the real claim loop."""
 import json
+from collections import Counter
 
 import pytest
 
@@ -252,3 +253,19 @@ def test_cli_triage_status_leaderboard_and_export_by_source(triage_campaign, tmp
                          str(tmp_path / "x.jsonl")), "trl format aggregates people's votes only")]:
         bad = run_cli(*args, env_home=ws.home)
         assert bad.returncode == 2 and says in bad.stderr, (args, bad.stderr)
+
+
+@pytest.mark.parametrize("source,judge_name", [("people", None), ("judge", "chat"), ("both", "chat"),
+                                               ("both", "rm")])
+def test_counts_in_sqlite_match_the_battles(panel_campaign, source, judge_name):
+    """The leaderboard counts votes in SQLite (`battle_counts`): the same groups as the battles, per source."""
+    conn, _, c = panel_campaign
+    judge(conn, c, "chat", "chat", CHAT)
+    judge(conn, c, "rm", "reward", REWARD)
+    expected = Counter((b["model_a"], b["model_b"], b["winner"])
+                       for b in feedback.battles(conn, c.name, source=source, judge=judge_name))
+    counts = feedback.battle_counts(conn, c.name, source=source, judge=judge_name)
+    got = Counter()
+    for key, n in counts["groups"]:
+        got[key] += n
+    assert got == expected and sum(expected.values()) == counts["people_votes"] + counts["judge_votes"]

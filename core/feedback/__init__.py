@@ -12,9 +12,10 @@ Callers use `from tunelab import feedback` and the names below.
 """
 from tunelab.feedback.campaigns import (GOLD_MODEL, Campaign, CampaignConfig, add_gold, add_gold_file,
                                      create_campaign, get_campaign, list_campaigns, prompts)
-from tunelab.feedback.exporting import SOURCES, ExportPolicy, aggregate, arena_battles, battles, export
+from tunelab.feedback.exporting import (SOURCES, ExportPolicy, aggregate, arena_battles, battle_counts, battles,
+                                        export)
 from tunelab.feedback.generation import build_pairs, start_generation, store_responses, wait_generation
-from tunelab.feedback.importing import import_judgments
+from tunelab.feedback.importing import SAMPLE_SOURCE, import_judgments
 from tunelab.feedback.judges import (DEFAULT_TIE_BAND, TEMPLATE, judge_summary, judges_overview, make_spec,
                                      parse_spec, start_judge, wait_judge)
 from tunelab.feedback.panel import judge_panel
@@ -26,9 +27,9 @@ from tunelab.feedback.votes import (CHOICES, SHOWN_CHOICES, STRENGTHS, Assignmen
 
 __all__ = ["CHOICES", "GOLD_MODEL", "SHOWN_CHOICES", "STRENGTHS", "Assignment", "Campaign", "CampaignConfig",
            "ExportPolicy", "add_gold", "add_gold_file", "aggregate", "annotator_progress", "arena_battles",
-           "battles", "build_pairs", "cast_vote", "create_campaign", "export", "get_campaign",
+           "battle_counts", "battles", "build_pairs", "cast_vote", "create_campaign", "export", "get_campaign",
            "import_judgments", "list_campaigns", "next_pair", "prompts", "quality", "skip", "start_generation",
            "store_responses", "undo_last", "vote_and_next", "wait_generation",
            "DEFAULT_TIE_BAND", "TEMPLATE", "judge_summary", "judges_overview", "make_spec", "parse_spec",
            "start_judge", "wait_judge",
-           "SOURCES", "MIN_MARGIN", "judge_panel", "triage", "untriage", "model_pair_probabilities"]
+           "SOURCES", "SAMPLE_SOURCE", "MIN_MARGIN", "judge_panel", "triage", "untriage", "model_pair_probabilities"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from tunelab import agreement, workspace
 from tunelab.errors import UserError
 from tunelab.feedback.campaigns import Campaign, get_campaign, list_campaigns
+from tunelab.feedback.importing import SAMPLE_SOURCE
 from tunelab.feedback.judgments import get_judge, judgment_rows, list_judges
 from tunelab.feedback.votes import STRENGTHS, WINNER_OF, vote_rows
 
@@ -53,10 +54,16 @@ def _judge_name(db, c: Campaign, judge: str | None, strict: bool) -> str | None:
     return names[0] if names else None
 
 
+def rated_campaigns(db, name: str | None) -> list[Campaign]:
+    """The campaign asked for by name, else every campaign but those of sample votes (written as the demo's
+    data, not cast by people: feedback.SAMPLE_SOURCE), which no board of all campaigns counts."""
+    return [get_campaign(db, name)] if name else [c for c in list_campaigns(db) if c.source != SAMPLE_SOURCE]
+
+
 def battles(db, name: str | None = None, source: str = "people", judge: str | None = None) -> list[dict]:
     """Every non-gold verdict from `source` (see `verdicts`) as a battle (model_a, model_b, winner,
     judge, tstamp, campaign, source), for the ratings; all campaigns when `name` is None."""
-    campaigns = [get_campaign(db, name)] if name else list_campaigns(db)
+    campaigns = rated_campaigns(db, name)
     out = []
     for c in campaigns:
         out += [{"model_a": v["model_a"], "model_b": v["model_b"], "winner": WINNER_OF[v["choice"]],
@@ -66,6 +73,43 @@ def battles(db, name: str | None = None, source: str = "people", judge: str | No
         raise UserError(f"no campaign has verdicts of {'judge ' + repr(judge) if judge else 'a judge'}; "
                         "run `tunelab feedback judge CAMPAIGN --judge SPEC` first, or take source people")
     return out
+
+
+def battle_counts(db, name: str | None = None, source: str = "people", judge: str | None = None) -> dict:
+    """The verdicts `battles` gives, counted in SQLite by (model_a, model_b, winner), for the ratings at
+    any scale: 2M votes reach the fit as a few thousand groups. {'groups': [((model_a, model_b, winner),
+    count)], 'people_votes', 'judge_votes', 'judges', 'updated_at'}."""
+    if source not in SOURCES:
+        raise UserError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
+    campaigns = rated_campaigns(db, name)
+    groups, totals, judges, stamps = [], {"people": 0, "judge": 0}, set(), []
+    # Counted per pair first (one table, no joins over every vote), then per model pair.
+    by_models = ("SELECT ra.model, rb.model, x.choice, sum(x.n), max(x.last) FROM ({}) x JOIN pairs p ON p.id = x.pair_id "
+                 "JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b "
+                 "WHERE p.gold IS NULL GROUP BY 1, 2, 3")
+    for c in campaigns:
+        queries = [] if source == "judge" else [("people", by_models.format(
+            "SELECT pair_id, choice, count(*) AS n, max(cast_at) AS last FROM votes WHERE campaign_id = ? "
+            "GROUP BY pair_id, choice"), [c.id])]
+        judged = None if source == "people" else _judge_name(db, c, judge, name is not None and source == "judge")
+        if judged is not None:
+            unvoted = "" if source == "judge" else "AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.pair_id = j.pair_id)"
+            queries.append(("judge", by_models.format(
+                "SELECT j.pair_id, j.choice, count(*) AS n, max(j.cast_at) AS last FROM judgments j JOIN judges g "
+                f"ON g.id = j.judge_id AND g.name = ? WHERE j.campaign_id = ? {unvoted} GROUP BY j.pair_id, j.choice"),
+                [judged, c.id]))
+        for kind, sql, params in queries:
+            for a, b, choice, count, last in db.execute(sql, params):
+                groups.append(((a, b, WINNER_OF[choice]), count))
+                totals[kind] += count
+                stamps.append(last)
+                if kind == "judge":
+                    judges.add(judged)
+    if source == "judge" and not name and not totals["judge"]:
+        raise UserError(f"no campaign has verdicts of {'judge ' + repr(judge) if judge else 'a judge'}; "
+                        "run `tunelab feedback judge CAMPAIGN --judge SPEC` first, or take source people")
+    return {"groups": groups, "people_votes": totals["people"], "judge_votes": totals["judge"],
+            "judges": sorted(judges), "updated_at": max(stamps) if stamps else None}
 
 
 def arena_battles(db, name: str, source: str = "people", judge: str | None = None) -> list[dict]:
