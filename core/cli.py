@@ -330,7 +330,10 @@ def cmd_demo(args) -> None:
     if args.json:
         _print_json(out)
         return
-    print(f"dataset {out['dataset']}; LoRA SFT run {out['run']} trained in {out['train_seconds']:.0f} s; "
+    votes = out["sample_votes"]
+    print(f"dataset {out['dataset']}; LoRA SFT run {out['run']} trained in {out['train_seconds']:.0f} s; DPO run "
+          f"{out['dpo_run']} from it in {out['dpo_seconds']:.0f} s on {out['preferences']}, the sample votes of "
+          f"campaign {votes['campaign']} (source {votes['source']}: written for the demo, not cast by people); "
           f"evals {', '.join(f'{k} (#{v})' for k, v in out['evals'].items())}")
     _print_board(out["leaderboard"])
     print("The Leaderboard page shows the same rows (streamlit run streamlit_app.py).")
@@ -762,10 +765,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--csv", action="store_true", help="print CSV")
     x.set_defaults(func=cmd_leaderboard)
-    x = sub.add_parser("demo", help="the whole loop on the sample data: import, LoRA SFT, eval vs prompting and RAG, "
-                                    "leaderboard (a few minutes on CPU)")
+    x = sub.add_parser("demo", help="the whole loop on the sample data: import, LoRA SFT, DPO on the sample votes, "
+                                    "eval vs prompting, RAG and fine-tuned + RAG, leaderboard (minutes on CPU)")
     x.add_argument("--model", default="smollm2-135m-instruct", help="registered model to fine-tune")
-    x.add_argument("--max-steps", type=int, help="training steps (default from tunelab.leaderboard.DEMO_TRAIN)")
+    x.add_argument("--max-steps", type=int, help="training steps of each run (default from tunelab.leaderboard."
+                                                 "DEMO_TRAIN and DEMO_DPO)")
     x.add_argument("--limit", type=int, help="eval rows per model (default from tunelab.leaderboard.DEMO_EVAL)")
     x.add_argument("--max-new-tokens", type=int, help="most tokens per eval answer")
     x.add_argument("--json", action="store_true", help="print JSON")

@@ -284,7 +284,8 @@ def demo_votes(db, ws, report: Callable[[float, str], None]):
         feedback.import_judgments(db, DEMO_VOTES, "arena", DEMO_VOTES_CAMPAIGN, sample=True)
     if DEMO_PREFERENCES in {d["name"] for d in datasets.list_datasets(db)}:
         return datasets.resolve(db, ws, DEMO_PREFERENCES)
-    done = feedback.export(db, ws, DEMO_VOTES_CAMPAIGN, "trl", f"{DEMO_PREFERENCES}.jsonl", register=DEMO_PREFERENCES)
+    done = feedback.export(db, ws, DEMO_VOTES_CAMPAIGN, "trl", ws.exports_dir / f"{DEMO_PREFERENCES}.jsonl",
+                           register=DEMO_PREFERENCES)
     return datasets.resolve(db, ws, done["dataset"])
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tunelab import leaderboard
+from tunelab import datasets, leaderboard, runs
 from tunelab.errors import UserError
 from tests.conftest import STRENGTH, arena_file, run_cli
 
@@ -60,24 +60,51 @@ def test_arena_and_alpaca_eval_imports_rank_as_expected(workspace, tmp_path):
 @pytest.mark.process
 @pytest.mark.timeout(600)
 def test_demo_then_votes_fill_one_leaderboard(tiny_model, tmp_path):
-    """`tunelab demo` on the tiny model: a real LoRA run, four eval runs, and the leaderboard that joins them;
+    """`tunelab demo` on the tiny model: a real LoRA SFT run, DPO from it on the sample votes, six eval runs
+    (base, prompting, RAG, fine-tuned, fine-tuned + RAG, fine-tuned + DPO) and the leaderboard that joins them;
     then Arena votes between the base and the fine-tuned model land on the same rows."""
     db, ws, name = tiny_model
     done = run_cli("demo", "--model", name, "--max-steps", "2", "--limit", "3", "--max-new-tokens", "8", "--json",
                    env_home=ws.home)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
-    run_id = out["run"]
-    tuned = f"{name}+{run_id}"
-    assert set(out["evals"]) == {name, f"{name} [prompting]", f"{name} [rag]", tuned}
+    run_id, dpo_id = out["run"], out["dpo_run"]
+    tuned, dpo = f"{name}+{run_id}", f"{name}+{dpo_id}"
+    assert set(out["evals"]) == {name, f"{name} [prompting]", f"{name} [rag]", tuned, f"{tuned} [rag]", dpo}
     rows = {r["model"]: r for r in out["leaderboard"]["rows"]}
     assert set(rows) == set(out["evals"])
     assert rows[tuned]["method"] == "sft" and rows[tuned]["tuning"] == "lora" and rows[tuned]["data"] == out["dataset"]
     assert rows[tuned]["train_seconds"] > 0 and rows[tuned]["forgetting"] != 0 and rows[tuned]["run_id"] == run_id
     assert rows[name]["method"] == "base" and rows[name]["forgetting"] == 0
     assert rows[f"{name} [rag]"]["method"] == "rag" and rows[f"{name} [rag]"]["data"].startswith(out["dataset"])
+    # The combination: the SFT adapter's run and training facts, with retrieved examples in the prompt.
+    combo = rows[f"{tuned} [rag]"]
+    assert combo["baseline"] == "rag" and combo["run_id"] == run_id and combo["method"] == "sft"
+    assert combo["about"].endswith("with retrieved examples (RAG)")
+    # DPO from the SFT adapter, on the sample votes' preference rows.
+    assert rows[dpo]["method"] == "dpo" and rows[dpo]["tuning"] == "lora" and rows[dpo]["data"] == out["preferences"]
+    assert rows[dpo]["train_seconds"] > 0 and rows[dpo]["cost_usd"] is not None
+    assert runs.get(db, dpo_id).init_from == run_id and runs.get(db, dpo_id).status == "completed"
     for r in rows.values():
         assert r["perplexity"] > 1 and r["rating"] is None and r["votes"] == 0 and r["eval_dataset"] == out["dataset"]
+        assert r["format"] is not None  # the sample declares its Answer/Steps format: every eval checks it
+        assert r["forgetting"] is not None and r["rouge_l"] is not None
+    shown = leaderboard.display(out["leaderboard"]["rows"])
+    assert {"Format %", "ROUGE-L", "Forgetting", "Training time", "Cost"} <= set(shown[0])
+
+    # The sample votes: a campaign labelled as sample, never counted as people's votes on any board.
+    votes = [json.loads(line) for line in leaderboard.DEMO_VOTES.read_text().splitlines()]
+    assert out["sample_votes"] == {"campaign": leaderboard.DEMO_VOTES_CAMPAIGN, "source": "import:sample",
+                                   "file": "acme_router_votes.jsonl"}
+    listed = {c["name"]: c for c in json.loads(run_cli("feedback", "list", "--json", env_home=ws.home).stdout)}
+    assert listed[leaderboard.DEMO_VOTES_CAMPAIGN]["source"] == "import:sample"
+    assert listed[leaderboard.DEMO_VOTES_CAMPAIGN]["votes"] == len(votes) and 40 <= len(votes) <= 80
+    assert out["leaderboard"]["votes"] == 0 and out["leaderboard"]["people_votes"] == 0
+    assert "acme-reference" not in rows and "acme-flawed" not in rows
+    assert datasets.resolve(db, ws, out["preferences"]).kind == "preference"
+    # The votes' prompts are train-split questions: none is held out for the evals.
+    held_out = {json.dumps(r["messages"][:-1]) for r in datasets.resolve(db, ws, out["dataset"]).load("validation")}
+    assert not held_out & {json.dumps(v["prompt"]) for v in votes}
 
     # The import and its split; a second demo reuses them rather than importing again.
     assert db.execute("SELECT count(*) FROM dataset_versions WHERE name = 'acme-router'").fetchone()[0] == 2

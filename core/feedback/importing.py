@@ -20,6 +20,9 @@ from tunelab.feedback.campaigns import (CampaignConfig, as_messages, as_text, in
 from tunelab.feedback.votes import CHOICE_OF, write_vote
 
 
+SAMPLE_SOURCE = "import:sample"  # a campaign of sample votes (tunelab demo's), not people's
+
+
 def _records(path: Path, name: str) -> Iterator[tuple[str, dict]]:
     """("<file> record N", record) for each record of the file, N counting from 1."""
     for number, rec in enumerate(formats.read_records(path, name), start=1):
@@ -119,8 +122,12 @@ def _parse_alpaca_eval(path: Path, name: str) -> tuple[list[dict], int]:
     return out, skipped
 
 
-def import_judgments(db, path: str | Path, fmt: str, name: str, source_name: str | None = None) -> dict:
+def import_judgments(db, path: str | Path, fmt: str, name: str, source_name: str | None = None,
+                     sample: bool = False) -> dict:
     """Bring in Arena battles or AlpacaEval annotations as (or into) an imported campaign.
+
+    `sample`: the file holds votes written as sample data (the demo's), not cast by people; the campaign's
+    source says so (SAMPLE_SOURCE) and the ratings of all campaigns leave it out (feedback.battles).
 
     Identical (prompt, answers, models) share one pair, so several judges of the same comparison
     count toward agreement. Each judge name becomes one annotator with a negative id; a record without
@@ -148,8 +155,8 @@ def import_judgments(db, path: str | Path, fmt: str, name: str, source_name: str
             known = json.loads(db.execute("SELECT models_json FROM campaigns WHERE id = ?", [cid]).fetchone()[0])
             db.execute("UPDATE campaigns SET models_json = ? WHERE id = ?", [json.dumps(sorted(set(known) | set(models))), cid])
         else:
-            cid = insert_campaign(db, name, f"import:{fmt}", models, CampaignConfig(samples=1, overlap=1), {},
-                                  f"{fmt}:{label}", "ready", None)
+            cid = insert_campaign(db, name, SAMPLE_SOURCE if sample else f"import:{fmt}", models,
+                                  CampaignConfig(samples=1, overlap=1), {}, f"{fmt}:{label}", "ready", None)
             db.execute("UPDATE campaigns SET progress = 1, progress_message = 'imported' WHERE id = ?", [cid])
         judge_ids = {r[1]: r[0] for r in db.execute(
             "SELECT DISTINCT annotator_id, annotator FROM votes WHERE campaign_id = ?", [cid])}
