@@ -84,13 +84,13 @@ def default_anchor(db, names: list[str]) -> str | None:
 
 def build(db, campaign: str | None = None, dataset: str | None = None, anchor: str | None = None,
           rounds: int = ratings.ROUNDS, seed: int = 0, source: str = "people", judge: str | None = None) -> dict:
-    """{'rows': [...], 'anchor', 'campaign', 'dataset', 'votes', 'source', 'people_votes', 'judge_votes',
+    """{'rows': [...], 'anchor', 'campaign', 'dataset', 'votes', 'source', 'people_votes', 'sample_votes', 'judge_votes',
     'judges', 'updated_at'}; rows best first. `source` and `judge` pick the votes (`feedback.battle_counts`)."""
     from tunelab import feedback
     counts = feedback.battle_counts(db, campaign, source=source, judge=judge)
     names, decisive, ties = ratings.from_counts(counts["groups"])
     anchor = anchor or default_anchor(db, names)
-    votes = counts["people_votes"] + counts["judge_votes"]
+    votes = counts["people_votes"] + counts["judge_votes"] + counts["sample_votes"]
     # Online Elo needs every vote in order, a pass in Python; past ELO_MAX_VOTES the page would wait on
     # it, so the column is left out there (the ranking is the Bradley–Terry rating's, in any case).
     elo = ratings.online_elo(feedback.battles(db, campaign, source=source, judge=judge)) \
@@ -136,6 +136,7 @@ def build(db, campaign: str | None = None, dataset: str | None = None, anchor: s
     return {"rows": rows, "anchor": anchor if rated else None, "campaign": campaign,
             "dataset": next(iter(latest.values()))["dataset"] if latest else dataset,
             "votes": votes, "source": source, "people_votes": counts["people_votes"],
+            "sample_votes": counts["sample_votes"],
             "judge_votes": counts["judge_votes"], "judges": counts["judges"],
             "updated_at": max(stamps) or None, "built_at": time.time()}
 
@@ -221,9 +222,11 @@ def tradeoff(rows: list[dict]) -> dict | None:
 
 def basis(board: dict) -> str:
     """What the board's intervals rest on, for a caption: people's votes, judge verdicts, or both."""
-    people, judged = board["people_votes"], board["judge_votes"]
-    parts = [] if board["source"] == "judge" else [f"{people} {'person' if people == 1 else 'people'}'s vote"
-                                                   f"{'' if people == 1 else 's'}"]
+    people, judged, sample = board["people_votes"], board["judge_votes"], board.get("sample_votes", 0)
+    parts = [] if board["source"] == "judge" or (sample and not people) else [
+        f"{people} {'person' if people == 1 else 'people'}'s vote{'' if people == 1 else 's'}"]
+    if sample:
+        parts.append(f"{sample} sample vote{'' if sample == 1 else 's'} (written as sample data, not cast by people)")
     if board["source"] != "people":
         parts.append(f"{judged} judge verdict{'' if judged == 1 else 's'} (judge {', '.join(board['judges']) or '-'})")
     return "intervals rest on " + " and ".join(parts)

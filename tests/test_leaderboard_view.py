@@ -52,3 +52,14 @@ def test_tradeoff_plots_content_against_format_else_cost():
     assert plot["y"].startswith("format") and [p["model"] for p in plot["points"]] == ["x", "z"]
     plot = leaderboard.tradeoff([_row(model="x", rouge_l=50.0, cost_usd=0.2), _row(model="y", rouge_l=60.0)])
     assert plot["y"] == "training cost ($)" and [p["other"] for p in plot["points"]] == [0.2, 0.0]
+
+
+def test_a_sample_campaign_asked_for_by_name_says_its_votes_are_sample_votes(workspace, tmp_path):
+    db, _ = workspace
+    arena_file(tmp_path / "b.jsonl", {"a-model": 1000.0, "b-model": 1200.0}, n=40)
+    feedback.import_judgments(db, tmp_path / "b.jsonl", "arena", "samples", sample=True)
+    board = leaderboard.build(db, campaign="samples", rounds=10)
+    assert (board["votes"], board["sample_votes"], board["people_votes"]) == (40, 40, 0)
+    assert leaderboard.basis(board) == ("intervals rest on 40 sample votes (written as sample data, not cast by "
+                                        "people)")
+    assert leaderboard.build(db, rounds=10)["votes"] == 0  # boards of all campaigns leave sample votes out

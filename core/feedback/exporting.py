@@ -78,17 +78,19 @@ def battles(db, name: str | None = None, source: str = "people", judge: str | No
 def battle_counts(db, name: str | None = None, source: str = "people", judge: str | None = None) -> dict:
     """The verdicts `battles` gives, counted in SQLite by (model_a, model_b, winner), for the ratings at
     any scale: 2M votes reach the fit as a few thousand groups. {'groups': [((model_a, model_b, winner),
-    count)], 'people_votes', 'judge_votes', 'judges', 'updated_at'}."""
+    count)], 'people_votes', 'judge_votes', 'sample_votes', 'judges', 'updated_at'}; a sample campaign's votes
+    (SAMPLE_SOURCE: written as sample data) count as sample votes, not people's."""
     if source not in SOURCES:
         raise UserError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
     campaigns = rated_campaigns(db, name)
-    groups, totals, judges, stamps = [], {"people": 0, "judge": 0}, set(), []
+    groups, totals, judges, stamps = [], {"people": 0, "judge": 0, "sample": 0}, set(), []
     # Counted per pair first (one table, no joins over every vote), then per model pair.
     by_models = ("SELECT ra.model, rb.model, x.choice, sum(x.n), max(x.last) FROM ({}) x JOIN pairs p ON p.id = x.pair_id "
                  "JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b "
                  "WHERE p.gold IS NULL GROUP BY 1, 2, 3")
     for c in campaigns:
-        queries = [] if source == "judge" else [("people", by_models.format(
+        voters = "sample" if c.source == SAMPLE_SOURCE else "people"
+        queries = [] if source == "judge" else [(voters, by_models.format(
             "SELECT pair_id, choice, count(*) AS n, max(cast_at) AS last FROM votes WHERE campaign_id = ? "
             "GROUP BY pair_id, choice"), [c.id])]
         judged = None if source == "people" else _judge_name(db, c, judge, name is not None and source == "judge")
@@ -109,6 +111,7 @@ def battle_counts(db, name: str | None = None, source: str = "people", judge: st
         raise UserError(f"no campaign has verdicts of {'judge ' + repr(judge) if judge else 'a judge'}; "
                         "run `tunelab feedback judge CAMPAIGN --judge SPEC` first, or take source people")
     return {"groups": groups, "people_votes": totals["people"], "judge_votes": totals["judge"],
+            "sample_votes": totals["sample"],
             "judges": sorted(judges), "updated_at": max(stamps) if stamps else None}
 
 
