@@ -59,6 +59,15 @@ def generated_tokens(trainer, answers_per_step: int) -> float:
     return sum(lengths[1:]) * answers_per_step
 
 
+def trl_as_shipped() -> None:
+    """Undo tunelab's process-wide TRL patch (speedups.lm_head_on_labelled_positions_only, which every RunContext
+    applies, so it stays on after a tunelab setup): plain TRL must run as installed. The next RunContext
+    applies it again."""
+    from trl.kernels.chunked_logprob import _use_triton
+    from trl.trainer import utils as trl_utils
+    trl_utils._use_triton = _use_triton
+
+
 def plain_setup(method: str, path: Path, splits: dict, args, out: Path, reward=None):
     """TRL's trainer for `method` with its defaults, bf16 off on CPU, LoRA r=8 all-linear; (trainer, probe)."""
     import torch
@@ -68,6 +77,7 @@ def plain_setup(method: str, path: Path, splits: dict, args, out: Path, reward=N
 
     from tunelab.train import dpo, grpo, reward as reward_mod
 
+    trl_as_shipped()
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
