@@ -308,3 +308,19 @@ def ready_campaign(conn, ws, tiny_model_dir: Path, name: str, prompts: list[str]
         feedback.store_responses(conn, c, model, 0, ids, texts)
     feedback.build_pairs(conn, c)
     return feedback.get_campaign(conn, name)
+
+
+# ---------------------------------------------------------------- ratings fixtures (test_ratings*, by hand)
+
+def battles(a: str, b: str, a_wins: int, b_wins: int, ties: int = 0, bothbad: int = 0) -> list[dict]:
+    return ([{"model_a": a, "model_b": b, "winner": "model_a"}] * a_wins
+            + [{"model_a": a, "model_b": b, "winner": "model_b"}] * b_wins
+            + [{"model_a": a, "model_b": b, "winner": "tie"}] * ties
+            + [{"model_a": a, "model_b": b, "winner": "tie (bothbad)"}] * bothbad)
+
+
+# Strength ratios 9 : 3 : 1 fit these counts exactly (A–B 3:1, B–C 3:1, A–C 9:1), so the MLE is
+# A = 1000 + 400·log10(9) = 1381.70 and B = 1000 + 400·log10(3) = 1190.85 with C anchored at 1000.
+# Ties count half: A–B is 25 wins, 5 losses and 10 ties, i.e. 30 : 10. Sides are mixed on purpose.
+FIXTURE = (battles("A", "B", 25, 5, ties=6, bothbad=4) + battles("C", "B", 10, 30)
+           + battles("A", "C", 90, 10))

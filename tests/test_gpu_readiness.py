@@ -100,6 +100,7 @@ def gpu_sh(*args, cwd=REPO):
     return subprocess.run(["bash", "bench/gpu.sh", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_gpu_sh_gives_each_bench_the_options_it_takes():
     assert subprocess.run(["bash", "-n", "bench/gpu.sh"], cwd=REPO).returncode == 0

@@ -6,20 +6,7 @@ import pytest
 
 from tunelab import ratings
 from tunelab.errors import UserError
-
-
-def battles(a: str, b: str, a_wins: int, b_wins: int, ties: int = 0, bothbad: int = 0) -> list[dict]:
-    return ([{"model_a": a, "model_b": b, "winner": "model_a"}] * a_wins
-            + [{"model_a": a, "model_b": b, "winner": "model_b"}] * b_wins
-            + [{"model_a": a, "model_b": b, "winner": "tie"}] * ties
-            + [{"model_a": a, "model_b": b, "winner": "tie (bothbad)"}] * bothbad)
-
-
-# Strength ratios 9 : 3 : 1 fit these counts exactly (A–B 3:1, B–C 3:1, A–C 9:1), so the MLE is
-# A = 1000 + 400·log10(9) = 1381.70 and B = 1000 + 400·log10(3) = 1190.85 with C anchored at 1000.
-# Ties count half: A–B is 25 wins, 5 losses and 10 ties, i.e. 30 : 10. Sides are mixed on purpose.
-FIXTURE = (battles("A", "B", 25, 5, ties=6, bothbad=4) + battles("C", "B", 10, 30)
-           + battles("A", "C", 90, 10))
+from tests.conftest import FIXTURE, battles
 
 
 def test_bradley_terry_matches_the_hand_computed_fixture():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_ratings import FIXTURE
+from tests.conftest import FIXTURE
 from tunelab import ratings
 from tunelab.errors import UserError
 
@@ -87,6 +87,7 @@ def test_bench_names_sort_in_the_simulated_order():
     assert bench_module().names_for(20)[:2] == ["m00", "m01"] and bench_module().names_for(5)[-1] == "m4"
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_the_bench_recovers_the_truth_past_a_hundred_models():
     out = subprocess.run([sys.executable, "bench/ratings.py", "--votes", "200000", "--models", "120", "--rounds", "100"],

@@ -66,8 +66,9 @@ def _loss_grads_flops(model, row, labels) -> tuple[torch.Tensor, list[torch.Tens
 
 
 def test_lm_head_on_labelled_positions_same_loss_less_work(monkeypatch):
-    original = trl_utils._use_triton
-    monkeypatch.setattr(trl_utils, "_use_triton", original)  # undone after the test
+    # TRL as shipped (a run set up earlier in this process leaves tunelab's patch on); undone after the test.
+    from trl.kernels.chunked_logprob import _use_triton as shipped
+    monkeypatch.setattr(trl_utils, "_use_triton", shipped)
     model = _model().train()
     add_fused_lm_head(model)
     row = _packed_row()
