@@ -27,11 +27,10 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from third_party import SHARED_DATA, require
-from train_throughput import make_probe, model_dir, summary
+from train_throughput import make_probe, model_dir, summary, train_probed
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -134,18 +133,10 @@ def tunelab_setup(method: str, conn, ws, ref: str, args, reward_final: Path | No
     folder = ws.runs_dir / f"bench-{method}"
     folder.mkdir(parents=True)
     ctx = runtime.RunContext(folder, conn, ws, cfg, inputs=inputs)
-    probe, seen = make_probe(), {}
-
-    def fit(trainer, restore=None):
-        trainer.add_callback(probe)
-        seen["trainer"] = trainer
-        runtime.RunContext.fit(ctx, trainer, restore)
-
-    ctx.fit = fit
     if method == "reward":
         ctx.db = None  # no model registration: the bench's reward model is used from final/ directly
-    module.train(ctx)
-    return seen["trainer"], probe, folder
+    trainer, probe = train_probed(ctx, module.train)
+    return trainer, probe, folder
 
 
 def measure(method: str, which: str, trainer, probe, answers_per_step: int) -> dict:

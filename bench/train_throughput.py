@@ -83,6 +83,23 @@ def summary(probe) -> dict:
             "train_loss": statistics.mean(p[2] for p in pts[-5:])}
 
 
+def train_probed(ctx, train) -> tuple:
+    """Run a method's entry point `train(ctx)` in this process with a probe on the trainer it builds;
+    (trainer, probe). bench/rlhf_throughput.py uses it for the RLHF methods."""
+    from tunelab.train import runtime
+
+    probe, seen = make_probe(), {}
+
+    def fit(trainer, restore=None):
+        trainer.add_callback(probe)
+        seen["trainer"] = trainer
+        runtime.RunContext.fit(ctx, trainer, restore)
+
+    ctx.fit = fit
+    train(ctx)
+    return seen["trainer"], probe
+
+
 def heldout_loss(model, tokenizer, rows: list[dict]) -> float:
     """Mean NLL of the completion tokens, prompt masked: the same measure whatever trained the model."""
     import torch
@@ -142,17 +159,7 @@ def tunelab_setup(path: Path, rows: list[dict], args, home: Path, **overrides):
                      save_steps=10 ** 6, eval_steps=10 ** 6, **overrides)
     folder = ws.runs_dir / "bench"
     folder.mkdir(parents=True)
-    ctx = runtime.RunContext(folder, conn, ws, cfg)
-    probe, seen = make_probe(), {}
-
-    def fit(trainer, restore=None):
-        trainer.add_callback(probe)
-        seen["trainer"] = trainer
-        runtime.RunContext.fit(ctx, trainer, restore)
-
-    ctx.fit = fit
-    sft.train(ctx)
-    trainer = seen["trainer"]
+    trainer, probe = train_probed(runtime.RunContext(folder, conn, ws, cfg), sft.train)
     return trainer.model, trainer.processing_class, probe, trainer
 
 
