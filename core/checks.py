@@ -16,13 +16,17 @@ chosen for how it says it. A check declaration is a list of mappings, each with 
 
 A file holds that list, or a mapping whose `checks` key holds it (YAML or JSON). `run(text, checks)` is
 pure: {name: passed}. A bad declaration is a UserError naming the file, the check and the key.
+
+The CLI's `--checks PATH` is the owner's and reads any file; the Evaluate page takes an upload instead
+(`save_upload`), kept in <home>/checks/, so that no path typed in a browser reaches the server's files.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import yaml
@@ -235,3 +239,30 @@ def load(path: str | Path) -> list[dict]:
     lines = [item.start_mark.line + 1 for item in node.value] if isinstance(node, yaml.SequenceNode) else None
     parse(raw, str(path), lines)
     return raw
+
+
+UPLOAD_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def save_upload(ws, file_name: str, data: bytes) -> Path:
+    """An uploaded checks file, checked (`load`) and kept as <home>/checks/<digest>/<name>, for an eval job
+    to read later by that path. Of the client's file name only a basename that passes `check_name` is
+    used (else checks<suffix>); a file that fails its check is not kept."""
+    from tunelab import workspace
+    given = PurePosixPath(str(file_name).replace("\\", "/"))  # the client may send '../x' or '/abs/x'
+    if given.suffix.lower() not in UPLOAD_SUFFIXES:
+        raise UserError(f"{file_name!r}: expected a {', '.join(UPLOAD_SUFFIXES)} file")
+    name = given.name if workspace.NAME_RE.fullmatch(given.name) else f"checks{given.suffix.lower()}"
+    folder = ws.home / "checks" / hashlib.sha256(data).hexdigest()[:16]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = folder / name
+    if not target.is_file():
+        partial = folder / f".{name}.partial"
+        partial.write_bytes(data)
+        partial.rename(target)
+    try:
+        load(target)
+    except UserError:
+        target.unlink(missing_ok=True)
+        raise
+    return target

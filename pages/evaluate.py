@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from tunelab import checks as checks_mod
 from tunelab import datasets, evaluate, jobs, models, untrusted
 from pages import _ui
 
@@ -41,8 +42,8 @@ else:
                                          help=HELP["max_new_tokens"])
         reward = c2.selectbox("Reward model run (optional)", ["none", *models.reward_runs(conn)], help=HELP["reward"])
         reference = c3.text_input("Reference set (optional)", help=HELP["reference"])
-        checks = st.text_input("Behaviour checks file on the server (optional; default: the dataset's own)",
-                               help=HELP["checks"])
+        checks = st.file_uploader("Behaviour checks file (optional; default: the dataset's own)",
+                                  type=[s.lstrip(".") for s in checks_mod.UPLOAD_SUFFIXES], help=HELP["checks"])
         system_prompt = st.text_area("Baseline system prompt", DEFAULT.system_prompt, help=HELP["system_prompt"])
         submitted = st.form_submit_button("Launch eval", type="primary")
     if submitted:
@@ -51,7 +52,8 @@ else:
                 model=spec.model, dataset=dataset, adapter=spec.run,
                 baseline=None if baseline == "none" else baseline, k=int(k), limit=int(limit),
                 max_new_tokens=int(max_new_tokens), reward=None if reward == "none" else reward,
-                reference=reference.strip() or None, checks=checks.strip() or None, system_prompt=system_prompt)
+                reference=reference.strip() or None, system_prompt=system_prompt,
+                checks=str(checks_mod.save_upload(ws, checks.name, checks.getvalue())) if checks else None)
             eval_id = evaluate.launch(conn, ws, config)
             st.success(f"Eval {eval_id} started: {config.label} on {dataset}.")
 

@@ -90,6 +90,24 @@ def test_a_checks_file_names_its_line(tmp_path):
         checks.load(tmp_path / "missing.yaml")
 
 
+def test_an_uploaded_checks_file_stays_in_the_workspace(tmp_path):
+    """The Evaluate page's upload: the client's file name is only a name (no '..' or absolute path reaches
+    the disk), the file is checked before it is kept, and a bad one is not kept."""
+    from tunelab.workspace import Workspace
+    ws = Workspace(tmp_path / "home")
+    data = b"- kind: regex\n  pattern: '^Answer: '\n"
+    kept = checks.save_upload(ws, "../../outside/../format.yaml", data)
+    assert kept.parent.parent == ws.home / "checks" and kept.name == "format.yaml"
+    assert checks.load(kept) == [{"kind": "regex", "pattern": "^Answer: "}]
+    assert checks.save_upload(ws, "/etc/.hidden.yml", data).name == "checks.yml"  # a dot file is no name
+    assert not (tmp_path / "outside").exists()
+    with pytest.raises(UserError, match="expected a .yaml, .yml, .json file"):
+        checks.save_upload(ws, "checks.txt", data)
+    with pytest.raises(UserError, match="key 'kind'"):
+        checks.save_upload(ws, "bad.yaml", b"- kind: nope\n")
+    assert not list((ws.home / "checks").glob("*/bad.yaml"))
+
+
 def test_the_sample_references_keep_the_format_the_sample_declares():
     declared = checks.load(samples.path("acme_router_sft.checks.yaml"))
     rows = [json.loads(line) for line in samples.path("acme_router_sft.jsonl").read_text().splitlines()]
