@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from tunelab.errors import UserError
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 TOPICS = ["France", "health", "sleep", "numbers", "the weather", "cats", "music", "tea", "running", "books"]
 WORDS = ["the", "capital", "of", "France", "is", "Paris", "hello", "how", "are", "you", "today", "give", "three",
@@ -260,3 +263,24 @@ def test_reward_model_on_the_bundled_model_and_real_preferences(bundled_model, t
     assert (run.path / "final" / "adapter_config.json").exists()
     from tunelab.train import reward
     assert isinstance(reward.score(db, ws, run_id, "Hi!", "Hello! How can I help you today?"), float)
+
+
+@pytest.mark.process
+@pytest.mark.timeout(300)
+def test_rlhf_throughput_bench_compares_every_method_on_the_tiny_model(tmp_path):
+    """bench/rlhf_throughput.py (issue 17, item 1) end to end in seconds: plain TRL and tunelab's setup for the
+    reward model, DPO and GRPO each print their figures, and each method its `tunelab/plain` ratio. The
+    figures of a random 2-layer model mean nothing; this checks that the bench still runs against the
+    installed TRL (its plain setups and the private switch it resets)."""
+    done = subprocess.run([sys.executable, "bench/rlhf_throughput.py", "--model", "tiny", "--max-steps", "3",
+                           "--batch-size", "2", "--max-completion-length", "8", "--num-generations", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=280,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})  # the bench's workspace is a mkdtemp
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [(r["method"], r["setup"]) for r in results] == [
+        (m, s) for m in ("reward", "dpo", "grpo") for s in ("plain", "tunelab")]
+    assert all(r["tokens_per_s"] > 0 and r["steps"] == 3 for r in results)
+    assert all(r["generated"] > 0 for r in results if r["method"] == "grpo")
+    for method in ("reward", "dpo", "grpo"):
+        assert re.search(rf"^tunelab/plain {method}: \d+\.\d\dx ", done.stdout, re.M), done.stdout[-2000:]
