@@ -642,7 +642,7 @@ def cmd_score(args) -> None:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from tunelab import configs
+    from tunelab import configs, merging, serving
     from tunelab.evaluate import EvalConfig
     from tunelab.feedback import CampaignConfig
     from tunelab.feedback.triage import MIN_MARGIN
@@ -862,7 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "PEFT's add_weighted_adapter. The result is a completed run of method 'merge': use it as "
                         "BASE+RUN_ID (eval, Playground, campaigns, leaderboard, init_from).")
     x.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more completed LoRA runs on one base")
-    x.add_argument("--method", required=True, choices=("linear", "ties", "dare_ties", "svd"),
+    x.add_argument("--method", required=True, choices=merging.METHODS,
                    help="linear, ties and dare_ties combine A and B matrices (one rank); svd cuts the weighted sum "
                    "of the updates back to the largest rank (any ranks)")
     x.add_argument("--weights", required=True, metavar="W1,W2,...", help="one weight per run, in order")
@@ -926,7 +926,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s)")
     x.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s, this machine only); "
                    "another address serves anyone who reaches it, without sign-in")
-    x.add_argument("--engine", default="auto", choices=("auto", "transformers", "vllm"),
+    x.add_argument("--engine", default="auto", choices=serving.ENGINES,
                    help="auto: vllm where a CUDA GPU and vllm exist, else transformers")
     x.add_argument("--dry-run", action="store_true", help="print the URL, model name and command; start nothing")
     x.set_defaults(func=cmd_serve)
