@@ -42,11 +42,10 @@ with st.form("add_model"):
             st.success(f"Registered {info.name}.")
 
 st.subheader("Merge adapters")
-adapters = [r for r in models.tuned_runs(conn) if r.tuning != "full"]
+adapters = {r.id: f"{r.base_model}+{r.id} ({r.method}, {r.dataset})" for r in models.tuned_runs(conn)
+            if r.tuning != "full"}
 with st.form("merge_adapters"):
-    picked = st.multiselect("Adapters (completed LoRA runs on one base)", [r.id for r in adapters],
-                            format_func=lambda i: next(f"{r.base_model}+{r.id} ({r.method}, {r.dataset})"
-                                                       for r in adapters if r.id == i))
+    picked = st.multiselect("Adapters (completed LoRA runs on one base)", list(adapters), format_func=adapters.get)
     method = st.selectbox("Method", merging.METHODS, help="linear, ties and dare_ties need one LoRA rank; svd "
                           "merges any ranks (see the README's Merging adapters).")
     weights = st.text_input("Weights, one per adapter in order", placeholder="0.5,0.5")
