@@ -10,9 +10,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tunelab import feedback, models
+from tunelab import feedback, models, ratings
 from tunelab.feedback import sampling
 from tunelab.feedback.judgments import insert_judge, write_judgment
+from tunelab.feedback.votes import WINNER_OF, vote_rows
 
 NAMES = ["ma", "mb", "mc", "md"]   # ma and mb are equally good, mc is worse, md worst
 ALL_PAIRS = [(NAMES[i], NAMES[j]) for i in range(4) for j in range(i + 1, 4)]
@@ -191,6 +192,14 @@ def test_counts_take_triaged_verdicts_and_people_on_non_gold_pairs(four_models):
     _, a, b = pairs[0]
     people = sum(1 for p in claimed if model_pair(conn, p) == tuple(sorted((a, b))))
     assert decisive[NAMES.index(a), NAMES.index(b)] + decisive[NAMES.index(b), NAMES.index(a)] == people + 1
+    # Cell by cell, the counts are those of the battles these verdicts make (ratings.pair_counts, by name).
+    standing = [{"model_a": ma, "model_b": mb, "winner": "model_a"} for _, ma, mb in pairs[:1]]
+    voted = [{"model_a": v["model_a"], "model_b": v["model_b"], "winner": WINNER_OF[v["choice"]]}
+             for v in vote_rows(conn, c.id)]
+    by_name, d, t = ratings.pair_counts(voted + standing)
+    order = [names.index(m) for m in by_name]
+    assert (decisive[np.ix_(order, order)] == d).all() and (ties[np.ix_(order, order)] == t).all()
+    assert decisive.sum() == d.sum() and ties.sum() == t.sum()
 
 
 @pytest.mark.process

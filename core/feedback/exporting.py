@@ -18,7 +18,7 @@ from tunelab.errors import UserError
 from tunelab.feedback.campaigns import Campaign, get_campaign, list_campaigns
 from tunelab.feedback.importing import SAMPLE_SOURCE
 from tunelab.feedback.judgments import get_judge, judgment_rows, list_judges
-from tunelab.feedback.votes import STRENGTHS, WINNER_OF, vote_rows
+from tunelab.feedback.votes import PEOPLE_PER_PAIR, STRENGTHS, WINNER_OF, model_pair_counts, vote_rows
 
 SOURCES = ("people", "judge", "both")
 
@@ -84,24 +84,17 @@ def battle_counts(db, name: str | None = None, source: str = "people", judge: st
         raise UserError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
     campaigns = rated_campaigns(db, name)
     groups, totals, judges, stamps = [], {"people": 0, "judge": 0, "sample": 0}, set(), []
-    # Counted per pair first (one table, no joins over every vote), then per model pair.
-    by_models = ("SELECT ra.model, rb.model, x.choice, sum(x.n), max(x.last) FROM ({}) x JOIN pairs p ON p.id = x.pair_id "
-                 "JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b "
-                 "WHERE p.gold IS NULL GROUP BY 1, 2, 3")
     for c in campaigns:
         voters = "sample" if c.source == SAMPLE_SOURCE else "people"
-        queries = [] if source == "judge" else [(voters, by_models.format(
-            "SELECT pair_id, choice, count(*) AS n, max(cast_at) AS last FROM votes WHERE campaign_id = ? "
-            "GROUP BY pair_id, choice"), [c.id])]
+        queries = [] if source == "judge" else [(voters, PEOPLE_PER_PAIR, [c.id])]
         judged = None if source == "people" else _judge_name(db, c, judge, name is not None and source == "judge")
         if judged is not None:
             unvoted = "" if source == "judge" else "AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.pair_id = j.pair_id)"
-            queries.append(("judge", by_models.format(
-                "SELECT j.pair_id, j.choice, count(*) AS n, max(j.cast_at) AS last FROM judgments j JOIN judges g "
-                f"ON g.id = j.judge_id AND g.name = ? WHERE j.campaign_id = ? {unvoted} GROUP BY j.pair_id, j.choice"),
-                [judged, c.id]))
-        for kind, sql, params in queries:
-            for a, b, choice, count, last in db.execute(sql, params):
+            queries.append(("judge", "SELECT j.pair_id, j.choice, count(*) AS n, max(j.cast_at) AS last FROM judgments "
+                            f"j JOIN judges g ON g.id = j.judge_id AND g.name = ? WHERE j.campaign_id = ? {unvoted} "
+                            "GROUP BY j.pair_id, j.choice", [judged, c.id]))
+        for kind, per_pair, params in queries:
+            for a, b, choice, count, last in model_pair_counts(db, per_pair, params):
                 groups.append(((a, b, WINNER_OF[choice]), count))
                 totals[kind] += count
                 stamps.append(last)

@@ -45,6 +45,7 @@ import random
 import numpy as np
 
 from tunelab import ratings
+from tunelab.feedback.votes import PEOPLE_PER_PAIR, WINNER_OF, model_pair_counts
 
 FLOOR = 0.15   # share of every draw spread uniformly over the available model pairs
 TOP = 0.85     # weight of a comparison per place its better model stands below the leader
@@ -92,34 +93,22 @@ def _gains(W: np.ndarray, cols: list[tuple[int, int]], anchor: int) -> np.ndarra
     return (per_model[:, None] * cov ** 2 / (2 * sd[:, None])).sum(axis=0) * w / (1.0 + w * var_ij)
 
 
+# The standing verdicts per pair: a judge's on the pairs it triaged (they stand in for people's votes).
+_TRIAGED_PER_PAIR = ("SELECT j.pair_id, j.choice, count(*) AS n, max(j.cast_at) AS last FROM judgments j "
+                     "JOIN judges g ON g.id = j.judge_id JOIN pairs p ON p.id = j.pair_id AND p.triaged_by = g.name "
+                     "WHERE j.campaign_id = ? GROUP BY j.pair_id, j.choice")
+
+
 def campaign_counts(db, campaign_id: int, models: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(models, decisive, ties) from the campaign's people's votes on non-gold pairs and the standing
     verdicts on triaged pairs; `models` come first (in their order, once each), any other voted one after."""
-    tally = db.execute(
-        "SELECT ra.model, rb.model, v.choice, count(*) FROM votes v JOIN pairs p ON p.id = v.pair_id "
-        "JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b "
-        "WHERE v.campaign_id = ? AND p.gold IS NULL GROUP BY 1, 2, 3 "
-        "UNION ALL "
-        "SELECT ra.model, rb.model, j.choice, count(*) FROM judgments j JOIN judges g ON g.id = j.judge_id "
-        "JOIN pairs p ON p.id = j.pair_id AND p.triaged_by = g.name "
-        "JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b "
-        "WHERE j.campaign_id = ? AND p.gold IS NULL GROUP BY 1, 2, 3", [campaign_id, campaign_id]).fetchall()
-    models = list(dict.fromkeys([*models, *(m for a, b, _, _ in tally for m in (a, b))]))
-    index = {m: k for k, m in enumerate(models)}
-    decisive = np.zeros((len(models), len(models)))
-    ties = np.zeros_like(decisive)
-    for a, b, choice, count in tally:
-        i, j = index[a], index[b]
-        if i == j:
-            continue
-        if choice == "a":
-            decisive[i, j] += count
-        elif choice == "b":
-            decisive[j, i] += count
-        else:  # tie or both bad: half a win each, as in the ratings
-            ties[i, j] += count
-            ties[j, i] += count
-    return models, decisive, ties
+    tally = model_pair_counts(db, f"{PEOPLE_PER_PAIR} UNION ALL {_TRIAGED_PER_PAIR}", [campaign_id, campaign_id])
+    voted, decisive, ties = ratings.from_counts(((a, b, WINNER_OF[choice]), n) for a, b, choice, n, _ in tally)
+    models = list(dict.fromkeys([*models, *(m for a, b, *_ in tally for m in (a, b))]))
+    place = [models.index(m) for m in voted]   # from_counts sorts by name; `models` keeps the caller's order
+    counts = np.zeros((2, len(models), len(models)))
+    counts[np.ix_([0, 1], place, place)] = decisive, ties
+    return models, counts[0], counts[1]
 
 
 def draw_model_pair(db, campaign_id: int, available, rng=random) -> tuple[str, str]:

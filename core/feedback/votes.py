@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from tunelab import db as dbmod, workspace
 from tunelab.errors import UserError
-from tunelab.feedback import sampling
 from tunelab.feedback.campaigns import rows
 
 CHOICES = ("a", "b", "tie", "both_bad")
@@ -82,6 +81,7 @@ def _claim(db, campaign_id: int, annotator_id: int, annotator: str, cutoff: floa
     params = {"c": campaign_id, "u": annotator_id, "cutoff": cutoff}
     row = None
     if db.execute("SELECT sampling FROM campaigns WHERE id = ?", [campaign_id]).fetchone()[0] == "active":
+        from tunelab.feedback import sampling  # here: sampling counts verdicts with model_pair_counts below
         available = db.execute(_MODEL_PAIRS, params).fetchall()
         if available:
             params["ma"], params["mb"] = sampling.draw_model_pair(db, campaign_id, available)
@@ -259,3 +259,20 @@ def vote_rows(db, campaign_id: int, gold: bool | None = False) -> list[dict]:
         FROM votes v JOIN pairs p ON p.id = v.pair_id JOIN campaign_prompts cp ON cp.id = p.prompt_id
         JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b
         WHERE v.campaign_id = ? {where} ORDER BY v.cast_at, v.id""", [campaign_id])
+
+
+# Verdicts counted per pair first (one table, no joins over every verdict), then per model pair as the pair
+# stores them; gold pairs are left out. {} is a query of (pair_id, choice, n, last) rows over votes or judgments.
+_BY_MODELS = ("SELECT ra.model, rb.model, x.choice, sum(x.n), max(x.last) FROM ({}) x JOIN pairs p ON p.id = x.pair_id "
+              "JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b "
+              "WHERE p.gold IS NULL GROUP BY 1, 2, 3")
+# People's votes of one campaign (the parameter), per pair: model_pair_counts' usual first argument.
+PEOPLE_PER_PAIR = ("SELECT pair_id, choice, count(*) AS n, max(cast_at) AS last FROM votes WHERE campaign_id = ? "
+                   "GROUP BY pair_id, choice")
+
+
+def model_pair_counts(db, per_pair: str, params: list) -> list[tuple[str, str, str, int, float]]:
+    """(model_a, model_b, choice, count, latest cast_at) for the verdicts that `per_pair` counts per pair
+    (its columns: pair_id, choice, n, last), on non-gold pairs: the one count behind the leaderboard
+    (exporting.battle_counts) and active sampling (sampling.campaign_counts)."""
+    return db.execute(_BY_MODELS.format(per_pair), params).fetchall()
