@@ -273,7 +273,8 @@ def upload(page, file_input, file, *, clears: str | None = None) -> None:
     `clears` names a text of the previous run that the rerun with the new file removes."""
     file_input.set_input_files(file)
     name = file["name"] if isinstance(file, dict) else Path(file).name
-    page.locator(f'[data-testid="stFileChipName"][title={json.dumps(name)}]').last.wait_for()
+    # a JSON string is a CSS string too, once non-ASCII characters stay themselves (no \u escapes)
+    page.locator(f'[data-testid="stFileChipName"][title={json.dumps(name, ensure_ascii=False)}]').last.wait_for()
     page.locator('[data-testid="stFileChipIconSpinner"]').first.wait_for(state="detached")
     if clears:
         page.get_by_text(clears).first.wait_for(state="detached")
@@ -313,6 +314,7 @@ def ready_campaign(conn, ws, tiny_model_dir: Path, name: str, prompts: list[str]
 # ---------------------------------------------------------------- ratings fixtures (test_ratings*, by hand)
 
 def battles(a: str, b: str, a_wins: int, b_wins: int, ties: int = 0, bothbad: int = 0) -> list[dict]:
+    """Arena battle rows of `a` (model_a) against `b` (model_b): that many of each winner, in this order."""
     return ([{"model_a": a, "model_b": b, "winner": "model_a"}] * a_wins
             + [{"model_a": a, "model_b": b, "winner": "model_b"}] * b_wins
             + [{"model_a": a, "model_b": b, "winner": "tie"}] * ties
