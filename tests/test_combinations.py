@@ -2,7 +2,7 @@
 and fine-tuned: `tunelab eval MODEL --adapter RUN --baseline rag` through the real CLI, with the training
 facts of the run and the fine-tuned model's forgetting."""
 import json
-import re
+from pathlib import Path
 
 import pytest
 
@@ -75,7 +75,7 @@ def test_the_evaluate_page_launches_a_combination_with_checks(app, page, tiny_mo
 
     from tunelab import auth, models
     from tunelab.workspace import Workspace
-    from tests.conftest import sign_in, wait_for_app
+    from tests.conftest import sign_in, upload, wait_for_app
     db, ws = app.db(), Workspace(app.home).ensure()
     auth.add_user(db, "root", "admin", "correct horse")
     auth.add_user(db, "eve", "engineer", "correct horse")
@@ -93,12 +93,14 @@ def test_the_evaluate_page_launches_a_combination_with_checks(app, page, tiny_mo
     page.get_by_text("rag", exact=True).click()
     for label, value in (("Rows (limit)", "2"), ("Max new tokens", "4")):
         page.get_by_role("spinbutton", name=label).fill(value)
-    page.get_by_role("textbox", name=re.compile("Behaviour checks file on the server")).fill(str(own))
+    upload(page, page.locator('[data-testid="stFileUploaderDropzoneInput"]').last, str(own))
     page.get_by_role("button", name="Launch eval").click()
     page.get_by_text(f"started: tiny+{run_id} [rag] on qa").wait_for()
     (eval_id,) = [e["id"] for e in evaluate.list_evals(db)]
     row = evaluate.get(db, eval_id)
-    assert (row["adapter"], row["baseline"], row["config"]["checks"]) == (run_id, "rag", str(own))
+    stored = Path(row["config"]["checks"])  # the upload, kept in the workspace for the job
+    assert (row["adapter"], row["baseline"], stored.name) == (run_id, "rag", "mine.yaml")
+    assert stored.is_relative_to(Path(app.home) / "checks") and stored.read_text() == own.read_text()
     assert (row["config"]["limit"], row["config"]["max_new_tokens"]) == (2, 4)
     assert evaluate.wait(db, eval_id, timeout_s=240)["metrics"]["checks"] == {"any_length": 100}
     page.reload()
