@@ -137,6 +137,27 @@ def _progress(db, run_id):
     return runs.get(db, run_id)
 
 
+def test_the_cluster_side_imports_without_the_studios_dependencies():
+    """A cluster image has no sqlite-utils or streamlit: what a remote job imports (the methods' modules, the
+    dataset row helpers GRPO and RLOO read prompts with, evaluate, generate) must not reach tunelab.db."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class Absent(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('sqlite_utils', 'streamlit'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "import tunelab.remote, tunelab.evaluate, tunelab.generate\n"
+        "from tunelab.datasets import prompt_messages\n"
+        "from tunelab.train import config, distributed, runtime\n"
+        "assert {'grpo', 'rloo', 'reward', 'sft'} <= set(config.methods())\n"
+        "assert 'tunelab.db' not in sys.modules, 'tunelab.db imported'\n"
+        "assert prompt_messages({'messages': [{'role': 'user', 'content': 'q'}, "
+        "{'role': 'assistant', 'content': 'a'}]}) == [{'role': 'user', 'content': 'q'}]\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 @pytest.mark.timeout(900)
 def test_the_cluster_sees_none_of_the_studios_paths(hidden_cluster):
     from ray.job_submission import JobSubmissionClient

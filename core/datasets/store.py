@@ -22,11 +22,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab import jobs
-from tunelab import db as dbmod
 from tunelab.errors import UserError
 from tunelab import workspace
 from tunelab.workspace import Workspace
+
+# tunelab.db and tunelab.jobs are imported where used: a Ray cluster without the workspace (core/remote.py)
+# imports tunelab.datasets for its pure row helpers and has no sqlite-utils.
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ def _write_rows(folder: Path, splits: dict[str, Iterable[dict]]) -> tuple[str, d
 def _clean_orphans(db, ws: Workspace, name: str) -> None:
     """Inside the write lock: move version folders without a DB row to orphaned/ (they may be the data of a
     DB restored from an older backup) and remove dead writers' temp folders (never a version)."""
+    from tunelab import jobs
     folder = _dataset_dir(ws, name)
     if not folder.is_dir():
         return
@@ -237,6 +239,7 @@ def write_version(db, ws: Workspace, name: str, splits: dict[str, Iterable[dict]
             raise UserError(f"dataset {name!r}: no rows left to write")
         report = (report() if callable(report) else report) or {}
         now = time.time()
+        from tunelab import db as dbmod
         with dbmod.transaction(db):
             _clean_orphans(db, ws, name)
             version = (db.execute("SELECT max(version) FROM dataset_versions WHERE name = ?",

@@ -86,6 +86,7 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
     """Build and run TRL's GRPO or RLOO trainer; both take the same arguments here."""
     from datasets import Dataset
 
+    from tunelab.datasets import prompt_messages
     from tunelab.train import reward
 
     cfg = ctx.cfg
@@ -95,7 +96,7 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
     ctx.phase(f"loading reward model {cfg.reward_model}")
     reward_model, reward_tokenizer = reward.load_folder(ctx.inputs["reward"], ctx.inputs.get("reward_base"))
     ctx.phase(f"reading prompts from {cfg.dataset}")
-    prompts = [p for p in map(_prompt, ctx.dataset_rows().get("train", [])) if p]
+    prompts = [p for p in map(prompt_messages, ctx.dataset_rows().get("train", [])) if p]
     if not prompts:
         raise UserError(f"key 'dataset': {cfg.dataset} has no prompts in its train split")
     train_ds = Dataset.from_list([{"prompt": [{"role": m["role"], "content": m["content"]} for m in p]}
@@ -109,15 +110,6 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
     trainer = trainer_class(model=model, reward_funcs=reward_model, reward_processing_classes=reward_tokenizer,
                             args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=peft_config)
     ctx.fit(trainer)
-
-
-def _prompt(row: dict) -> list[dict]:
-    """The prompt turns of a canonical row, as datasets.prompt_messages gives them; not imported from there,
-    since tunelab.datasets opens the database, which a cluster without the workspace has not got."""
-    if "prompt" in row:
-        return row["prompt"]
-    last = max(i for i, m in enumerate(row["messages"]) if m["role"] == "assistant")
-    return row["messages"][:last]
 
 
 def train(ctx) -> None:

@@ -244,10 +244,6 @@ class RunContext:
             self.mirror.push_final(final)
 
 
-# The splits a dataset version's folder may hold, in the order DatasetVersion.load_all reads them.
-SPLITS = ("train", "validation", "test")
-
-
 def resolve_inputs(db, ws: Workspace, cfg: configmod.RunConfig) -> dict[str, Path | None]:
     """The folders a run trains from: base_model, init (init_from's final/, or None), dataset (the pinned
     version's folder of <split>.jsonl files, its content hash checked), and for GRPO and RLOO reward (the
@@ -272,6 +268,7 @@ def resolve_inputs(db, ws: Workspace, cfg: configmod.RunConfig) -> dict[str, Pat
 
 def dataset_rows(folder: Path) -> dict[str, list[dict]]:
     """Split name -> rows, from a dataset version's folder (or a copy of it)."""
+    from tunelab.datasets.store import SPLITS
     out = {}
     for split in SPLITS:
         path = Path(folder) / f"{split}.jsonl"
