@@ -290,9 +290,7 @@ class Mirror:
             def on_save(self, args, state, control, **kwargs):
                 name = f"checkpoint-{state.global_step}"
                 mirror.store.upload(mirror.folder / name, f"{mirror.out}/{name}")
-                steps = sorted(int(m.group(1)) for n in mirror.store.listdir(mirror.out)
-                               if (m := re.fullmatch(r"checkpoint-(\d+)", n)))
-                for step in steps[:-KEEP_CHECKPOINTS]:
+                for step in _checkpoint_steps(mirror.store, mirror.out)[:-KEEP_CHECKPOINTS]:
                     mirror.store.delete(f"{mirror.out}/checkpoint-{step}")
                 mirror.push_reports()
         return UploadCheckpoints()
@@ -322,6 +320,11 @@ class Mirror:
         self.store.put_json(f"{self.out}/status.json", status)
 
 
+def _checkpoint_steps(store: storage.Store, out: str) -> list[int]:
+    """The N of each checkpoint-N under `out` in storage, oldest first."""
+    return sorted(int(m.group(1)) for n in store.listdir(out) if (m := re.fullmatch(r"checkpoint-(\d+)", n)))
+
+
 def _prepare(store: storage.Store, manifest: dict, folder: Path, resume: bool) -> dict:
     """A local job folder: the inputs (from the node's cache), and for a run its config.yaml and, when
     `resume`, the latest checkpoint and the metrics so far."""
@@ -330,9 +333,8 @@ def _prepare(store: storage.Store, manifest: dict, folder: Path, resume: bool) -
     if manifest["kind"] == "train":
         (folder / "config.yaml").write_text(manifest["config"])
         out = f"{manifest['prefix']}/out"
-        steps = sorted(int(m.group(1)) for n in store.listdir(out) if (m := re.fullmatch(r"checkpoint-(\d+)", n)))
         # A checkpoint counts once trainer_state.json, uploaded last, is there.
-        steps = [s for s in steps if store.exists(f"{out}/checkpoint-{s}/trainer_state.json")]
+        steps = [s for s in _checkpoint_steps(store, out) if store.exists(f"{out}/checkpoint-{s}/trainer_state.json")]
         if resume and steps:
             store.download(f"{out}/checkpoint-{steps[-1]}", folder / f"checkpoint-{steps[-1]}")
             store.download(f"{out}/metrics.jsonl", folder / "metrics.jsonl")

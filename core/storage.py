@@ -22,6 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
+from tunelab import workspace
 from tunelab.errors import UserError
 
 COMPLETE = "_COMPLETE"
@@ -146,8 +147,9 @@ class Store:
         if info.type == pafs.FileType.NotFound:
             return False
         local = Path(local)
+        # An object named "../x" (storage is written from the cluster too) must not land outside `local`.
         items = [(info.path, local)] if info.type == pafs.FileType.File else [
-            (item.path, local / item.path[len(info.path) + 1:])
+            (item.path, workspace.inside(local, local / item.path[len(info.path) + 1:]))
             for item in self.fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
             if item.type == pafs.FileType.File]
         for path, target in items:

@@ -158,6 +158,31 @@ def test_the_cluster_side_imports_without_the_studios_dependencies():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_a_download_keeps_every_object_inside_its_target(tmp_path):
+    """Storage is written from the cluster too: an object key with '..' in it never lands outside the folder."""
+    import pyarrow.fs as pafs
+
+    from tunelab import storage
+    from tunelab.errors import UserError
+
+    class Listing:  # what S3 would list for an object put at out/final/../../escaped
+        type_name = "local"
+
+        def get_file_info(self, what):
+            if isinstance(what, pafs.FileSelector):
+                return [pafs.FileInfo(what.base_dir + "/../../escaped", type=pafs.FileType.File)]
+            return pafs.FileInfo(what, type=pafs.FileType.Directory)
+
+        def open_input_stream(self, path):
+            raise AssertionError(f"read {path}")
+
+    store = storage.Store(str(tmp_path / "storage"))
+    store.fs = Listing()
+    with pytest.raises(UserError, match="outside"):
+        store.download("jobs/x/out/final", tmp_path / "job" / "final")
+    assert not (tmp_path / "escaped").exists()
+
+
 @pytest.mark.timeout(900)
 def test_the_cluster_sees_none_of_the_studios_paths(hidden_cluster):
     from ray.job_submission import JobSubmissionClient
