@@ -74,7 +74,8 @@ def plain_setup(method: str, path: Path, splits: dict, args, out: Path, reward=N
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunelab.train import dpo, grpo, reward as reward_mod
+    from tunelab.datasets import prompt_messages
+    from tunelab.train import dpo, reward as reward_mod
 
     trl_as_shipped()
     cuda = torch.cuda.is_available()
@@ -87,7 +88,7 @@ def plain_setup(method: str, path: Path, splits: dict, args, out: Path, reward=N
     if method == "grpo":
         from trl import GRPOConfig, GRPOTrainer
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        data = Dataset.from_list([{"prompt": p} for p in map(grpo._prompt, splits["train"])])
+        data = Dataset.from_list([{"prompt": p} for p in map(prompt_messages, splits["train"]) if p])  # as grpo.train
         config = GRPOConfig(**common, num_generations=args.num_generations,
                             max_completion_length=args.max_completion_length)
         trainer = GRPOTrainer(model=model, reward_funcs=reward[0], reward_processing_classes=reward[1], args=config,
