@@ -28,8 +28,7 @@ def verdicts(db, c: Campaign, source: str = "people", judge: str | None = None, 
     (people) and judgment rows (a judge) alike, with `judge` naming who gave it (annotator or judge)
     and `source` 'people' or 'judge'. `judge` picks the judge; by default the campaign's only one.
     `strict` (one campaign asked for by name): a missing judge is an error rather than no verdicts."""
-    if source not in SOURCES:
-        raise UserError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
+    _check_source(source)
     people = [] if source == "judge" else [{**v, "judge": v["annotator"], "source": "people"}
                                            for v in vote_rows(db, c.id)]
     name = None if source == "people" else _judge_name(db, c, judge, strict and source == "judge")
@@ -54,6 +53,17 @@ def _judge_name(db, c: Campaign, judge: str | None, strict: bool) -> str | None:
     return names[0] if names else None
 
 
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise UserError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
+
+
+def _no_judge_anywhere(judge: str | None) -> UserError:
+    """Source judge over all campaigns, and none has a verdict of that judge (or of any)."""
+    return UserError(f"no campaign has verdicts of {'judge ' + repr(judge) if judge else 'a judge'}; "
+                     "run `tunelab feedback judge CAMPAIGN --judge SPEC` first, or take source people")
+
+
 def rated_campaigns(db, name: str | None) -> list[Campaign]:
     """The campaign asked for by name, else every campaign but those of sample votes (written as the demo's
     data, not cast by people: feedback.SAMPLE_SOURCE), which no board of all campaigns counts."""
@@ -70,8 +80,7 @@ def battles(db, name: str | None = None, source: str = "people", judge: str | No
                  "judge": v["judge"], "tstamp": v["cast_at"], "campaign": c.name, "source": v["source"]}
                 for v in verdicts(db, c, source, judge, strict=name is not None)]
     if source == "judge" and not name and not out:
-        raise UserError(f"no campaign has verdicts of {'judge ' + repr(judge) if judge else 'a judge'}; "
-                        "run `tunelab feedback judge CAMPAIGN --judge SPEC` first, or take source people")
+        raise _no_judge_anywhere(judge)
     return out
 
 
@@ -80,8 +89,7 @@ def battle_counts(db, name: str | None = None, source: str = "people", judge: st
     any scale: 2M votes reach the fit as a few thousand groups. {'groups': [((model_a, model_b, winner),
     count)], 'people_votes', 'judge_votes', 'sample_votes', 'judges', 'updated_at'}; a sample campaign's votes
     (SAMPLE_SOURCE: written as sample data) count as sample votes, not people's."""
-    if source not in SOURCES:
-        raise UserError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
+    _check_source(source)
     campaigns = rated_campaigns(db, name)
     groups, totals, judges, stamps = [], {"people": 0, "judge": 0, "sample": 0}, set(), []
     for c in campaigns:
@@ -101,8 +109,7 @@ def battle_counts(db, name: str | None = None, source: str = "people", judge: st
                 if kind == "judge":
                     judges.add(judged)
     if source == "judge" and not name and not totals["judge"]:
-        raise UserError(f"no campaign has verdicts of {'judge ' + repr(judge) if judge else 'a judge'}; "
-                        "run `tunelab feedback judge CAMPAIGN --judge SPEC` first, or take source people")
+        raise _no_judge_anywhere(judge)
     return {"groups": groups, "people_votes": totals["people"], "judge_votes": totals["judge"],
             "sample_votes": totals["sample"],
             "judges": sorted(judges), "updated_at": max(stamps) if stamps else None}
