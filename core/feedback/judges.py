@@ -43,6 +43,7 @@ from tunelab.errors import UserError
 from tunelab.feedback.campaigns import get_campaign, rows
 from tunelab.feedback.judgments import KINDS, Judge, get_judge, insert_judge, judgment_rows, list_judges, \
     write_judgment
+from tunelab.feedback.panel import position_consistency
 
 Progress = Callable[[float, str], None]
 
@@ -220,14 +221,12 @@ def judge_summary(db, campaign: str, name: str) -> dict:
     c = get_campaign(db, campaign)
     judge = get_judge(db, c.id, name)
     found = judgment_rows(db, c.id, name)
-    ordered = [r for r in found if r["first_a"] is not None and r["first_b"] is not None]
     job = judge_job(db, campaign, name)
     report = _read_report(job.path) if job else {}
     return {"campaign": c.name, "judge": judge.name, "kind": judge.kind, "spec": judge.spec,
             "pairs": _pair_count(db, c.id), "judged": len(found),
             "choices": {k: v for k, v in Counter(r["choice"] for r in found).most_common()},
-            "position_consistent": round(sum(r["first_a"] == r["first_b"] for r in ordered) / len(ordered), 4)
-            if ordered else None,
+            "position_consistent": position_consistency(found),
             "asked": report.get("asked", 0), "unparsed": report.get("unparsed", 0),
             "job": job.id if job else None, "status": job.status if job else None,
             "progress": (1.0 if job.status == "completed" else float(job.progress().get("progress") or 0.0))

@@ -38,7 +38,6 @@ def judge_panel(db, campaign_id: int) -> list[dict]:
         verdicts = judgment_rows(db, campaign_id, judge.name)
         shared = [j for j in verdicts if j["pair_id"] in people]
         compared = [(j["choice"], top) for j in shared if (top := agreement.majority(people[j["pair_id"]]))]
-        ordered = [j for j in verdicts if j["first_a"] is not None and j["first_b"] is not None]
         by_length = [j for j in shared if longer[j["pair_id"]] is not None]
         judge_longer = [j["choice"] == longer[j["pair_id"]] for j in by_length if j["choice"] in DECISIVE]
         people_longer = [c == longer[j["pair_id"]] for j in by_length for c in people[j["pair_id"]] if c in DECISIVE]
@@ -47,10 +46,17 @@ def judge_panel(db, campaign_id: int) -> list[dict]:
             "judge": judge.name, "kind": judge.kind, "judged": len(verdicts), "compared": len(compared),
             "agreement_with_people": _share([c == t for c, t in compared]),
             "cohen_kappa": None if kappa is None else round(kappa, 4),
-            "position_consistency": _share([j["first_a"] == j["first_b"] for j in ordered]),
+            "position_consistency": position_consistency(verdicts),
             "judge_prefers_longer": _share(judge_longer), "people_prefer_longer": _share(people_longer),
             "length_pairs": len(by_length)})
     return out
+
+
+def position_consistency(verdicts: list[dict]) -> float | None:
+    """Of the verdicts given in both orders, the share where both orders gave the same one (None: no such
+    verdict, as for a reward judge)."""
+    return _share([j["first_a"] == j["first_b"] for j in verdicts
+                   if j["first_a"] is not None and j["first_b"] is not None])
 
 
 def _longer(text_a: str, text_b: str) -> str | None:
