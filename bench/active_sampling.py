@@ -87,7 +87,7 @@ class Replay:
     pair, and what the full data says (the order, the separated pairs, the leader)."""
 
     def __init__(self, battles: list[dict], whole_order: bool):
-        self.models, decisive, ties = ratings.pair_counts(battles)
+        self.models = ratings.pair_counts(battles)[0]
         index = {m: k for k, m in enumerate(self.models)}
         self.pool: dict[tuple[int, int], list[int]] = {}
         for b in battles:

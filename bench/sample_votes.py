@@ -11,12 +11,12 @@ cast by people; `tunelab demo` imports them as a campaign whose source says so (
 """
 import json
 import re
-import sys
 from pathlib import Path
 
+from tunelab.datasets.splitting import split_rows  # the demo's own split
+from tunelab.leaderboard import DEMO_VALIDATION
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from core.datasets.splitting import split_rows  # noqa: E402  (the demo's own split)
 
 SFT = ROOT / "data" / "samples" / "acme_router_sft.jsonl"
 OUT = SFT.with_name("acme_router_votes.jsonl")
@@ -43,7 +43,7 @@ def bullets(answer: str) -> str:
 
 def main() -> None:
     rows = [json.loads(line) for line in SFT.read_text().splitlines()]
-    train = split_rows(rows, 0.2, 0.0, 0)["train"]
+    train = split_rows(rows, DEMO_VALIDATION, 0.0, 0)["train"]
     answers = sorted({r["messages"][-1]["content"] for r in train})
     kinds = ("paragraph", "refusal", "wrong answer", "bullets")
     counts = dict.fromkeys(kinds, 0)
