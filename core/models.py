@@ -153,6 +153,18 @@ def prepare(db, ws: Workspace, name: str, progress: Progress | None = None) -> P
     return target
 
 
+def write_merged(base: Path, adapter: Path, folder: Path) -> None:
+    """Base model plus LoRA adapter as one standalone model folder (float32 safetensors, with the run's
+    tokenizer and chat template), written into `folder`. Callers write to a scratch name and rename it
+    into place, so nobody ever reads a half-written model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(folder)
+
+
 def _folder_stats(path: Path) -> tuple[int | None, int, str | None]:
     """Parameter count (from safetensors headers, without loading), bytes on disk, chat template."""
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

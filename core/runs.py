@@ -247,20 +247,12 @@ def merge(db, ws, run_id: str, name: str, progress: Callable[[float, str], None]
                         f"merge; use it as {spec}")
     if db.execute("SELECT 1 FROM models WHERE name = ?", [name]).fetchone():
         raise UserError(f"model name {name!r} is already taken")
-    report(0.1, f"loading {run.base_model}")
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    report(0.4, f"applying the adapter of {run_id}")
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    report(0.7, "writing safetensors")
     target = Path(ws.models_dir) / name
     if target.exists():
         raise UserError(f"{target} already exists")
+    report(0.1, f"merging the adapter of {run_id} into {run.base_model}")
     partial = target.with_name(target.name + ".partial")
-    merged.save_pretrained(partial)
-    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(partial)
+    models.write_merged(base, adapter, partial)
     partial.rename(target)
     info = models.add_local(db, target, name, kind="merged", source=f"run:{run_id}")
     report(1.0, "registered")

@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab import merging
+from tunelab import merging, models
 from tunelab.errors import UserError
 from tunelab.models import ModelSpec
 from tunelab.workspace import Workspace
@@ -123,13 +123,8 @@ def local_folder(ws: Workspace, spec: ModelSpec, base: Path, adapter: Path | Non
         if json.loads((target / "tunelab_source.json").read_text()).get("fingerprint") == stamp:
             return target
     report(0.2, f"merging {spec} into one model folder for transformers serve (once)")
-    from transformers import AutoTokenizer
-
-    from tunelab import generate
-    model, _ = generate.load(base, adapter, merge=True)
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(tmp)  # the run's tokenizer and chat template
+    models.write_merged(base, adapter, tmp)
     (tmp / "tunelab_source.json").write_text(json.dumps({"spec": spec.format(), "base": str(base),
                                                        "adapter": str(adapter), "fingerprint": stamp}))
     if target.is_symlink():
