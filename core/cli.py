@@ -367,7 +367,6 @@ def cmd_feedback_status(args) -> None:
     db, _ = _db_ws()
     jobs.reconcile(db)  # a generation process that died shows as failed
     q = feedback.quality(db, args.name)
-    q["sampling"] = feedback.get_campaign(db, args.name).sampling  # how its next pair is chosen
     if args.json:
         _print_json(q)
         return

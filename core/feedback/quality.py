@@ -72,6 +72,7 @@ def quality(db, name: str) -> dict:
     return {
         "campaign": c.name, "status": c.status, "progress": round(c.progress, 4), "progress_message": c.progress_message,
         "error": c.error, "models": c.models, "source": c.source, "judge": c.judge, "overlap": c.overlap,
+        "sampling": c.sampling,  # how the next pair is chosen (sampling.py)
         "pairs": pairs_total, "pairs_complete": pairs_done, "pairs_triaged": triaged,
         "gold_pairs": db.execute("SELECT count(*) FROM pairs WHERE campaign_id = ? AND gold IS NOT NULL",
                                  [c.id]).fetchone()[0],
