@@ -426,7 +426,7 @@ def cmd_feedback_judge(args) -> None:
     db, ws = _db_ws()
     kind, spec = feedback.parse_spec(args.judge, tie_band=args.tie_band, model=args.endpoint_model,
                                      api_key_env=args.api_key_env)
-    name = args.name or judges.default_name(kind, spec)
+    name = (args.name or judges.default_name(kind, spec)).strip()  # as start_judge records it
     job = feedback.start_judge(db, ws, args.campaign, kind, spec, name)
     print(f"judge {name}: judging {args.campaign} in job {job.id} ({job.status})", file=sys.stderr)
     if args.no_wait:
@@ -643,7 +643,7 @@ def cmd_score(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from tunelab import configs, merging, serving
     from tunelab.evaluate import EvalConfig
-    from tunelab.feedback import CampaignConfig
+    from tunelab.feedback import SOURCES, CampaignConfig
     from tunelab.feedback.triage import MIN_MARGIN
     from tunelab.generate import SamplingSettings
     from tunelab.train import config as train_config
@@ -806,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--min-agreement", type=float, default=0.5, help="least share of votes agreeing with the majority")
     x.add_argument("--keep-ties", action="store_true", help="keep pairs whose majority is a tie (margin 0)")
     x.add_argument("--keep-both-bad", action="store_true", help="keep pairs whose majority is both bad (margin 0)")
-    x.add_argument("--source", choices=("people", "judge", "both"), default="people",
+    x.add_argument("--source", choices=SOURCES, default="people",
                    help="battles format: people's votes, a judge's verdicts, or both (people's where a pair has any)")
     x.add_argument("--judge", help="source judge or both: the judge whose verdicts to write (default: the only one)")
     x.add_argument("--json", action="store_true", help="print JSON")
