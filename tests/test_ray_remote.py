@@ -137,6 +137,8 @@ def _progress(db, run_id):
     return runs.get(db, run_id)
 
 
+@pytest.mark.process
+@pytest.mark.timeout(120)
 def test_the_cluster_side_imports_without_the_studios_dependencies():
     """A cluster image has no sqlite-utils or streamlit: what a remote job imports (the methods' modules, the
     dataset row helpers GRPO and RLOO read prompts with, evaluate, generate) must not reach tunelab.db."""
