@@ -234,3 +234,27 @@ def test_sampling_comes_from_the_flag_the_form_and_shows_in_status(four_models, 
     assert done.returncode == 0 and "uniform sampling" in done.stdout.splitlines()[0]
     done = run_cli("feedback", "status", "shown", "--json", env_home=ws.home, timeout=60)
     assert json.loads(done.stdout)["sampling"] == "uniform"
+
+
+@pytest.mark.process
+@pytest.mark.timeout(300)
+def test_bench_prints_votes_to_a_settled_ranking_in_both_modes(four_models, tmp_path):
+    """bench/active_sampling.py (issue 15, item 5) runs in simulation and replays what `feedback export
+    --format battles` writes, printing its one line per mode."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    conn, ws = four_models
+    c = make_campaign(conn, ws, "bench", "uniform", n_prompts=20, overlap=2)
+    vote_rounds(conn, c, range(1, 3), 80, random.Random(5))
+    battles = tmp_path / "battles.jsonl"
+    assert feedback.export(conn, ws, c.name, "battles", battles)["rows"] == 80
+    line = re.compile(r"^votes to a settled ranking: uniform [\d.]+, active [\d.]+, ratio \d+\.\d\d$", re.M)
+    repo = Path(__file__).resolve().parents[1]
+    for args in (["--models", "3", "--gap", "150", "--pool", "150"], ["--replay", str(battles)]):
+        done = subprocess.run([sys.executable, "bench/active_sampling.py", *args, "--seeds", "2"], cwd=repo,
+                              capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr
+        assert line.search(done.stdout), done.stdout
