@@ -149,6 +149,9 @@ SETTINGS_DEFAULTS: dict[str, object] = {
     # cluster sees the workspace at the same path (core/ray_backend.py)
     "ray_storage": "",
     "ray_storage_endpoint": "",  # an S3-compatible server's URL (MinIO, ...); empty: AWS_ENDPOINT_URL or AWS
+    # the OpenAI-compatible base URLs an endpoint judge may call, space-separated; the judge sends it the campaign's
+    # answers and a TUNELAB_JUDGE_* key, so only an admin chooses where (core/feedback/judges.py); empty: none
+    "judge_endpoints": "",
 }
 
 

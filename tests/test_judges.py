@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tunelab import feedback, jobs, models
+from tunelab.workspace import set_setting
 from tunelab.errors import UserError
 from tunelab.feedback import judges
 from tunelab.feedback.judgments import insert_judge, judgment_rows, write_judgment
@@ -153,6 +154,9 @@ def test_bad_specs_name_the_field(workspace, tiny_model_dir, monkeypatch):
          "api key env TUNELAB_JUDGE_UNSET: the environment variable is not set"),
         ((f"endpoint:{closed}",), {"model": "m"}, f"endpoint base_url {closed}: the server does not answer"),
     ]
+    set_setting(conn, "judge_endpoints", f"http://localhost:8000/v1 {closed}")
+    with pytest.raises(UserError, match="not one of the endpoints an admin allowed"):
+        feedback.start_judge(conn, ws, "c", *judges.parse_spec("endpoint:http://169.254.169.254/v1", model="m"))
     for (text,), extra, message in cases:
         with pytest.raises(UserError) as err:
             kind, spec = judges.parse_spec(text, **extra)
@@ -233,6 +237,7 @@ def test_endpoint_judge_against_a_real_openai_compatible_server(workspace, tiny_
                                                                 monkeypatch):
     conn, ws = workspace
     monkeypatch.setenv("TUNELAB_JUDGE_TEST_KEY", "sk-test")  # the job process inherits it; the DB never sees it
+    set_setting(conn, "judge_endpoints", server)  # an admin allows it
     c = ready_campaign(conn, ws, tiny_model_dir, "ep", PROMPTS[:4],
                        (["Paris.", "Eat well.", "1 2 3 4 5", "Hello!"], ["Lyon.", "Sleep.", "one", "Hi."]))
 

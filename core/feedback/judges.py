@@ -137,6 +137,11 @@ def check_spec(db, ws, kind: str, spec: dict) -> None:
         from tunelab.models import ModelSpec
         ModelSpec.parse(spec["model"]).check(db, ws)
     else:
+        allowed = str(workspace.get_setting(db, "judge_endpoints")).split()
+        if spec["base_url"] not in (url.rstrip("/") for url in allowed):
+            raise UserError(f"endpoint base_url {spec['base_url']}: not one of the endpoints an admin allowed "
+                            f"(setting judge_endpoints, on the Admin page: {' '.join(allowed) or 'none yet'}); a "
+                            "judge sends the campaign's answers, and a key, to its endpoint")
         import openai
         try:
             _client(spec).with_options(timeout=10.0, max_retries=0).models.list()
@@ -144,8 +149,9 @@ def check_spec(db, ws, kind: str, spec: dict) -> None:
             raise UserError(f"api key env {spec['api_key_env'] or '(none given)'}: the server at "
                             f"{spec['base_url']} refused the key ({exc.status_code})") from None
         except (openai.APIConnectionError, openai.APIStatusError) as exc:
+            # The reply itself is not quoted: it could be any internal service's page.
             raise UserError(f"endpoint base_url {spec['base_url']}: the server does not answer as an "
-                            f"OpenAI-compatible one ({type(exc).__name__}: {str(exc)[:200]})") from None
+                            f"OpenAI-compatible one ({type(exc).__name__})") from None
 
 
 def _client(spec: dict):
