@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -135,16 +134,9 @@ def merge_adapters(db, ws: Workspace, run_ids: list[str], method: str, weights: 
     config = {"method": MERGE_METHOD, "name": name, "base_model": first.base_model, "init_from": init,
               "runs": list(run_ids), "combination_type": method, "weights": weights, "density": density,
               "seed": SEED, "dataset": data, "tuning": "lora", "lora": {"r": rank}}
-    device = cost.device_kind()
     with dbmod.transaction(db):
-        run_id = runs._next_id(db, ws)
-        folder = Path(ws.runs_dir) / run_id
-        folder.mkdir(parents=True)
-        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        db.execute("INSERT INTO runs(id, method, base_model, dataset, tuning, created_at, config_json, folder, "
-                   "init_from, device, hour_usd) VALUES (?, ?, ?, ?, 'lora', ?, ?, ?, ?, ?, ?)",
-                   [run_id, MERGE_METHOD, first.base_model, data, time.time(), json.dumps(config), str(folder),
-                    init, device, cost.hour_usd(db, device)])
+        run_id = runs.record(db, ws, config, yaml.safe_dump(config, sort_keys=False), cost.device_kind())
+    folder = Path(ws.runs_dir) / run_id
     jobs.run_here(db, "train", run_id, folder,
                   lambda: _write(sources, method, weights, density, folder / "final", report))
     return run_id

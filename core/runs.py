@@ -171,6 +171,24 @@ def _next_id(db, ws) -> str:
     return f"r{n}"
 
 
+def record(db, ws, config: dict, config_yaml: str, device: str, est=None) -> str:
+    """Inside the caller's write transaction: a new run's id, folder (with its config.yaml) and row, from
+    its resolved config. `launch` queues its job; a run made in the caller's process (an adapter merge)
+    records its own."""
+    from tunelab import cost
+    run_id = _next_id(db, ws)
+    folder = Path(ws.runs_dir) / run_id
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(config_yaml)
+    db.execute(
+        "INSERT INTO runs(id, method, base_model, dataset, tuning, created_at, config_json, folder, "
+        "init_from, device, est_seconds, est_usd, hour_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [run_id, config["method"], config["base_model"], config["dataset"], config["tuning"], time.time(),
+         json.dumps(config), str(folder), config.get("init_from"), device, est.seconds if est else None,
+         est.usd if est else None, cost.hour_usd(db, device)])
+    return run_id
+
+
 def launch(db, ws, config, estimate: bool = True) -> str:
     """Check the config, create the run folder, row and job, and start it if a slot is free. Returns the run id.
 
@@ -185,16 +203,8 @@ def launch(db, ws, config, estimate: bool = True) -> str:
     device = est.device if est else cost.device_kind()
     resolved = configmod.to_dict(cfg)
     with dbmod.transaction(db):
-        run_id = _next_id(db, ws)
+        run_id = record(db, ws, resolved, configmod.to_yaml(cfg), device, est)
         folder = Path(ws.runs_dir) / run_id
-        folder.mkdir(parents=True)
-        (folder / "config.yaml").write_text(configmod.to_yaml(cfg))
-        db.execute(
-            "INSERT INTO runs(id, method, base_model, dataset, tuning, created_at, config_json, folder, "
-            "init_from, device, est_seconds, est_usd, hour_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, cfg.method, cfg.base_model, cfg.dataset, cfg.tuning, time.time(), json.dumps(resolved),
-             str(folder), cfg.init_from, device, est.seconds if est else None, est.usd if est else None,
-             cost.hour_usd(db, device)])
         jobs.add(db, "train", run_id, folder, cfg.backend, cfg.ray_address,
                  ray_backend.run_resources(resolved) if cfg.backend == "ray" else None)
     jobs.start_queued(db)
