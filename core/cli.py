@@ -756,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--campaign", help="ratings from this campaign's votes only (default: all campaigns)")
     x.add_argument("--dataset", help="eval results on this dataset NAME[@V] (default: the latest evaluated)")
     x.add_argument("--anchor", help="model rated exactly 1000 (default: the bundled model, else a base model)")
-    x.add_argument("--source", choices=("people", "judge", "both"), default="people",
+    x.add_argument("--source", choices=SOURCES, default="people",
                    help="whose votes the ratings rest on: people, a judge's verdicts, or both (people's votes on a "
                         "pair when it has any, else the judge's)")
     x.add_argument("--judge", help="source judge or both: the judge whose verdicts count (default: the campaign's only one)")
@@ -774,7 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true", help="print JSON")
     x.set_defaults(func=cmd_demo)
 
-    fb = sub.add_parser("feedback", help="preference campaigns: create, status, export, import, gold pairs")
+    fb = sub.add_parser("feedback", help="preference campaigns: create, status, export, import, gold pairs, judges, triage")
     fsub = fb.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
     x = fsub.add_parser("create", help="create a campaign and generate its answers in a background process")
     x.add_argument("name", help="campaign name")
