@@ -60,32 +60,39 @@ def to_messages(prompt: str | list[dict], system_prompt: str | None = None) -> l
 def generate(model, tokenizer, prompts: list[str | list[dict]], settings: SamplingSettings | None = None,
              batch_size: int = 8, progress=None) -> list[str]:
     """One answer per prompt (a string or a list of chat messages), in the prompts' order."""
-    import torch
-
     settings = settings or SamplingSettings()
     texts = [tokenizer.apply_chat_template(to_messages(p, settings.system_prompt), tokenize=False,
                                            add_generation_prompt=True) for p in prompts]
     # Sort by length so each batch pads little; restore order at the end.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[str | None] = [None] * len(texts)
-    greedy = settings.temperature <= 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)
-        torch.manual_seed(settings.seed + start)
-        with torch.no_grad():
-            out = model.generate(
-                **batch, max_new_tokens=settings.max_new_tokens, do_sample=not greedy,
-                temperature=None if greedy else settings.temperature,
-                top_p=None if greedy else settings.top_p, top_k=None,
-                pad_token_id=tokenizer.pad_token_id)
-        new = out[:, batch["input_ids"].shape[1]:]
-        for i, row in zip(idx, new):
-            answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        texts_out = decode_batch(model, tokenizer, batch["input_ids"], batch["attention_mask"], settings, start)
+        for i, text in zip(idx, texts_out):
+            answers[i] = text
         if progress:
             progress(min(start + batch_size, len(order)) / len(order), f"{min(start + batch_size, len(order))}/{len(order)} answers")
     return answers  # type: ignore[return-value]
+
+
+def decode_batch(model, tokenizer, input_ids, attention_mask, settings: SamplingSettings, offset: int = 0,
+                 cache=None) -> list[str]:
+    """The answers to one left-padded batch of prompt tokens. `cache` may hold the prompts' keys and
+    values but their last token's (evaluate.answers_and_loss has them from scoring), so only that token and the
+    answer are computed here. The seed is settings.seed + offset, the batch's first row in sorted order."""
+    import torch
+
+    greedy = settings.temperature <= 0
+    torch.manual_seed(settings.seed + offset)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+            cache=cache, max_new_tokens=settings.max_new_tokens, do_sample=not greedy,
+            temperature=None if greedy else settings.temperature, top_p=None if greedy else settings.top_p,
+            top_k=None, pad_token_id=tokenizer.pad_token_id)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, input_ids.shape[1]:]]
 
 
 def answer_plan(plan: dict, on_answers, progress=None, batch_size: int = 8) -> None:

@@ -77,6 +77,31 @@ def test_answer_loss_equals_transformers_loss(tiny_model_dir):
         assert ppl == pytest.approx(math.exp(model(input_ids=ids, labels=ids).loss.item()), rel=1e-5)
 
 
+@pytest.mark.slow
+def test_answers_and_loss_in_one_pass_match_separate_scoring_and_generation(bundled_model_dir):
+    """The shared pass (prompt + reference once, answers generated from the cropped cache) gives the answers a
+    fresh generate gives and the loss of a scoring-only pass, with rows of mixed lengths in one batch, a row
+    with no reference, and a row over max_length (scored on its own with the prompt cut on the left)."""
+    from tunelab import generate
+    model, tok = generate.load(bundled_model_dir)  # a trained model: its answers depend on every prompt token
+    prompts = [[{"role": "user", "content": q}] for q in
+               ("Hi", "What is the capital of France? Answer in one word, please, and nothing else at all.",
+                "Name a colour.", "Count to three " * 12)]
+    references = ["Hello there.", "Paris.", None, "One two three " * 6]
+    settings = generate.SamplingSettings(max_new_tokens=8, temperature=0.0)
+    answers, loss = evaluate.answers_and_loss(model, tok, prompts, references, settings, batch_size=3, max_length=60)
+    assert answers == generate.generate(model, tok, prompts, settings, batch_size=1)
+    scored = [i for i, r in enumerate(references) if r is not None]
+    per_row = [evaluate.answer_loss(model, tok, [prompts[i]], [references[i]], max_length=60) for i in scored]
+    rows = [evaluate._prompt_and_answer_ids(tok, prompts[i], references[i]) for i in scored]
+    assert len(rows[-1][0]) + len(rows[-1][1]) > 60  # the long row really is scored alone
+    counts = [min(len(tail), 59) for _, tail in rows]
+    assert loss == pytest.approx(sum(l * n for l, n in zip(per_row, counts)) / sum(counts), rel=1e-4)
+    assert loss == pytest.approx(evaluate.answer_loss(model, tok, [prompts[i] for i in scored],
+                                                      [references[i] for i in scored], batch_size=2,
+                                                      max_length=60), rel=1e-5)
+
+
 def _adapter(tiny_model_dir, folder):
     """A LoRA adapter with non-zero weights, so it changes the model's outputs."""
     from peft import LoraConfig, get_peft_model
