@@ -41,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +139,11 @@ def bench_labeling(browser, votes: int) -> list[float]:
         for n in range(1, votes + 1):
             old = int(page.get_by_text("Question number").inner_text().split()[-1].rstrip("?"))
             page.get_by_role("button", name=buttons[n % len(buttons)]).click()  # the name also holds the shortcut
-            page.wait_for_function(NEXT_PAIR_SHOWN, arg={"old": old, "done": n, "total": total}, polling="raf")
+            try:
+                page.wait_for_function(NEXT_PAIR_SHOWN, arg={"old": old, "done": n, "total": total}, polling="raf")
+            except PlaywrightTimeout:
+                sys.exit(f"vote {n} (on question {old}) did not bring the next pair; the page shows:\n"
+                         f"{page.inner_text('body')[:2000]}")
             times.append(page.evaluate("() => window.__shownAt - window.__clickAt"))
             wait_for_app(page)  # an annotator reads before the next vote; the run ends meanwhile
         return times
