@@ -90,6 +90,7 @@ def bench_start(browser, rounds: int) -> tuple[list[float], list[float]]:
 # ---------------------------------------------------------------- 2. labeling
 
 PASSWORD = "annotator pw"
+LOST_S = 10  # a vote click that brought no next pair in this long was lost
 # True, in an animation frame, once the pair after `old` shows: progress `done of total`, one prompt
 # (not number `old`) and both of its answers. It notes the frame's time for the caller.
 NEXT_PAIR_SHOWN = """({old, done, total}) => {
@@ -122,8 +123,10 @@ def seed_campaign(home: Path, pairs: int) -> None:
     conn.close()
 
 
-def bench_labeling(browser, votes: int) -> list[float]:
-    """Milliseconds from each vote click to the next pair shown."""
+def bench_labeling(browser, votes: int) -> tuple[list[float], int]:
+    """Milliseconds from each vote click to the next pair shown, and the clicks that were lost: under load a
+    click now and then brings nothing (the same pair stays, no error), so after LOST_S the bench clicks again
+    and times the click that counted."""
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-ui-")) / "home"
     total = votes + 1  # one pair is left on screen after the last vote
     seed_campaign(home, total)
@@ -135,18 +138,28 @@ def bench_labeling(browser, votes: int) -> list[float]:
         wait_for_app(page)
         page.evaluate("() => document.addEventListener('click', () => { window.__clickAt = performance.now(); }, true)")
         buttons = ["A > B", "B > A", "Tie", "A ≫ B", "Both bad", "B ≫ A"]
-        times = []
+        times, lost = [], 0
         for n in range(1, votes + 1):
             old = int(page.get_by_text("Question number").inner_text().split()[-1].rstrip("?"))
-            page.get_by_role("button", name=buttons[n % len(buttons)]).click()  # the name also holds the shortcut
-            try:
-                page.wait_for_function(NEXT_PAIR_SHOWN, arg={"old": old, "done": n, "total": total}, polling="raf")
-            except PlaywrightTimeout:
-                sys.exit(f"vote {n} (on question {old}) did not bring the next pair; the page shows:\n"
+            for attempt in range(3):
+                page.get_by_role("button", name=buttons[n % len(buttons)]).click()  # the name also holds the shortcut
+                try:
+                    page.wait_for_function(NEXT_PAIR_SHOWN, arg={"old": old, "done": n, "total": total},
+                                           polling="raf", timeout=LOST_S * 1000)
+                    break
+                except PlaywrightTimeout:
+                    conn = app.db()
+                    recorded = conn.execute("SELECT count(*) FROM votes").fetchone()[0]
+                    conn.close()
+                    lost += 1
+                    print(f"  vote {n}: no next pair {LOST_S} s after the click; votes recorded: {recorded} of {n}",
+                          flush=True)
+            else:
+                sys.exit(f"vote {n} (on question {old}) did not bring the next pair in 3 clicks; the page shows:\n"
                          f"{page.inner_text('body')[:2000]}")
             times.append(page.evaluate("() => window.__shownAt - window.__clickAt"))
             wait_for_app(page)  # an annotator reads before the next vote; the run ends meanwhile
-        return times
+        return times, lost
     finally:
         context.close()
         app.stop()
@@ -316,9 +329,9 @@ def main() -> None:
                 train_db, run_id = start_training(runs_home)
                 first_step, t0 = runs.get(train_db, run_id).progress()["step"], time.time()
                 print(f"training: run {run_id} (LoRA SFT of {models.DEFAULT_MODEL}) at step {first_step}", flush=True)
-            votes = bench_labeling(browser, args.votes)
-            print(f"labeling (vote click -> next pair shown): {spread(votes, 'ms', 0)} (goal p95 <= {GOAL_VOTE_MS} ms)",
-                  flush=True)
+            votes, lost = bench_labeling(browser, args.votes)
+            print(f"labeling (vote click -> next pair shown): {spread(votes, 'ms', 0)} (goal p95 <= {GOAL_VOTE_MS} ms); "
+                  f"lost clicks (nothing after {LOST_S} s, clicked again): {lost}", flush=True)
             nav, reload, home_reload = bench_runs(browser, runs_home, args.rounds)
             for name, xs in (("sidebar click", nav), ("reload", reload)):
                 print(f"runs page, 100 runs ({name} -> table drawn): {spread(xs)} (goal p95 <= {GOAL_RUNS_S:.0f} s)")
