@@ -287,7 +287,8 @@ def answers_and_loss(model, tokenizer, prompts: list[list[dict]], references: li
     the keys and values of every prompt are computed once: the loss reads the reference positions' logits
     (the LM head runs on those alone), and the answers are generated from the same cache, cropped back to
     the prompts. On a RAG or few-shot prompt that saves the whole second prompt pass (about a third of an
-    eval on CPU). Rows whose reference is None are generated but not scored; a row longer than
+    eval on CPU). A start that every prompt of a batch shares (the prompting baseline's system prompt and
+    fixed examples) is computed once for the batch. Rows whose reference is None are generated but not scored; a row longer than
     `max_length` is scored on its own with the prompt cut on the left (_nll), as before. `settings` None
     scores only; the loss is None when no row is scored."""
     import torch
@@ -311,24 +312,33 @@ def answers_and_loss(model, tokenizer, prompts: list[list[dict]], references: li
                    key=lambda i: len(rows[i][0]))
     answers: list[str | None] = [None] * len(rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for done, start in enumerate(range(0, len(order), batch_size)):
+    for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        tails = {i: ([] if i in alone else rows[i][1]) for i in idx}
-        width_p = max(len(rows[i][0]) for i in idx)
-        width_r = max(len(t) for t in tails.values())
+        heads = [rows[i][0] for i in idx]
+        tails = [[] if i in alone else rows[i][1] for i in idx]
+        width_p, width_r = max(map(len, heads)), max(map(len, tails))
+        shared = _shared_start(heads) if len(idx) > 1 else 0
+        if shared < SHARED_START_MIN:
+            shared = 0
+        # Columns: the shared start | padding | the rest of each prompt, ending at width_p | its reference.
         input_ids = torch.full((len(idx), width_p + width_r), pad, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
         labels = torch.full((len(idx), width_r), -100, dtype=torch.long)
-        for r, i in enumerate(idx):
-            head, tail = rows[i][0], tails[i]
-            input_ids[r, width_p - len(head):width_p + len(tail)] = torch.tensor(head + tail)
-            mask[r, width_p - len(head):width_p + len(tail)] = 1
+        for r, (head, tail) in enumerate(zip(heads, tails)):
+            input_ids[r, :shared] = torch.tensor(head[:shared], dtype=torch.long)
+            input_ids[r, width_p - len(head) + shared:width_p + len(tail)] = torch.tensor(head[shared:] + tail)
+            mask[r, :shared] = 1
+            mask[r, width_p - len(head) + shared:width_p + len(tail)] = 1
             labels[r, :len(tail)] = torch.tensor(tail, dtype=torch.long)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            out = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                        position_ids=positions.to(model.device), use_cache=settings is not None,
-                        logits_to_keep=width_r + 1)
+            cache = None
+            if shared:
+                cache = model(input_ids=input_ids[:1, :shared].to(model.device), use_cache=True).cache
+                cache.batch_repeat_interleave(len(idx))
+            out = model(input_ids=input_ids[:, shared:].to(model.device), attention_mask=mask.to(model.device),
+                        position_ids=positions[:, shared:].to(model.device), cache=cache,
+                        use_cache=settings is not None or bool(shared), logits_to_keep=width_r + 1)
         if width_r:  # the logit at column width_p - 1 + j predicts reference token j
             logits = out.logits[:, :width_r].float()
             labels = labels.to(logits.device)
@@ -350,6 +360,18 @@ def answers_and_loss(model, tokenizer, prompts: list[list[dict]], references: li
             n = min(start + batch_size, len(order))
             progress(n / len(order), f"{n}/{len(order)} answers" if settings is not None else "held-out loss")
     return (answers if settings is not None else None), (total / count if count else None)  # type: ignore[return-value]
+
+
+SHARED_START_MIN = 16  # tokens: a shorter shared start is not worth a forward pass of its own
+
+
+def _shared_start(heads: list[list[int]]) -> int:
+    """How many tokens all `heads` start with, leaving each at least one of its own (generate feeds it)."""
+    n = min(map(len, heads)) - 1
+    first = heads[0]
+    for head in heads[1:]:
+        n = next((k for k in range(n) if head[k] != first[k]), n)
+    return max(n, 0)
 
 
 def answer_loss(model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 8,
