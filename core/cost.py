@@ -134,8 +134,8 @@ def matmul_flops(device: str, n: int = 1024, windows: int = 5, window_s: float =
     import torch
     dev = "cuda" if device == "cuda" else "cpu"
     if dev == "cuda":
-        from tunelab.train import runtime
-        dtype = runtime.half_dtype()
+        from tunelab.precision import half_dtype
+        dtype = half_dtype()
     else:
         dtype = torch.float32
     a = torch.randn(n, n, device=dev, dtype=dtype)

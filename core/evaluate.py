@@ -582,7 +582,8 @@ def evaluate_inputs(inputs: dict, config: EvalConfig, progress: Progress | None 
             base_ppl = text_perplexity(model, tokenizer, texts, bs, ref_length)
         model = model.merge_and_unload()  # merged weights generate much faster (see generate.load)
 
-    metrics: dict = {"rows": len(rows), "scored_rows": len(scored), "split": split, "dataset": ref}
+    metrics: dict = {"rows": len(rows), "scored_rows": len(scored), "split": split, "dataset": ref,
+                     "precision": str(model.dtype).removeprefix("torch.")}  # see precision.inference_dtype
     settings = generate.SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed)
     answers, loss = answers_and_loss(model, tokenizer, prompts, references, settings, bs, config.max_length,
                                      lambda f, m: report(0.05 + 0.7 * min(f, 1), f"held-out loss and answers: {m}"))

@@ -84,6 +84,7 @@ def test_answers_and_loss_in_one_pass_match_separate_scoring_and_generation(bund
     with no reference, and a row over max_length (scored on its own with the prompt cut on the left)."""
     from tunelab import generate
     model, tok = generate.load(bundled_model_dir)  # a trained model: its answers depend on every prompt token
+    model = model.float()  # exact only in float32: in bf16, another padding may flip a greedy token
     prompts = [[{"role": "user", "content": q}] for q in
                ("Hi", "What is the capital of France? Answer in one word, please, and nothing else at all.",
                 "Name a colour.", "Count to three " * 12)]

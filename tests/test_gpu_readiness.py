@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tunelab import precision
 from tunelab.errors import UserError
 from tunelab.train import config as configmod
 from tunelab.train import reward, runtime
@@ -14,7 +15,7 @@ from tunelab.train import reward, runtime
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("capability, precision", [
+@pytest.mark.parametrize("capability, expected", [
     ((9, 0), "bf16"),   # H100, H200
     ((8, 0), "bf16"),   # A100: native bf16 starts here
     ((8, 6), "bf16"),   # RTX 30xx, A10
@@ -22,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
     ((7, 0), "fp16"),   # V100
     (None, None),       # CPU: neither
 ])
-def test_mixed_precision_follows_the_compute_capability(capability, precision):
-    assert runtime.mixed_precision(capability) == precision
+def test_mixed_precision_follows_the_compute_capability(capability, expected):
+    assert precision.mixed_precision(capability) == expected
 
 
 def test_this_cpu_machine_trains_in_float32():
@@ -37,7 +38,7 @@ def test_a_reward_run_on_a_t4_uses_fp16_and_keeps_liger_off_the_classifier_forwa
     not turn it off. The args transformers hands to Liger must keep it off."""
     from trl import RewardConfig
     ctx = runtime.RunContext(tmp_path, None, None, reward.Config(base_model="m", dataset="d"), inputs={})
-    pre_ampere = runtime.mixed_precision((7, 5))
+    pre_ampere = precision.mixed_precision((7, 5))
     ctx.device = {"kind": "cuda", "bf16": pre_ampere == "bf16", "fp16": pre_ampere == "fp16", "name": "Tesla T4"}
     args = RewardConfig(**ctx.training_args(has_eval=False), max_length=64)
     assert args.fp16 is True and args.bf16 is False
@@ -120,3 +121,17 @@ def test_gpu_sh_carries_bitsandbytes_for_qlora():
     packages = text.split('PACKAGES="', 1)[1].split('"', 1)[0].split()
     assert "bitsandbytes" in packages
     assert "manylinux_2_24_x86_64" in text  # bitsandbytes' wheel tag; without it pip takes a 105 MB old one
+
+
+def test_models_answer_in_half_precision_where_the_cpu_has_it_and_the_override_wins(monkeypatch, tiny_model_dir):
+    import torch
+    from tunelab import generate
+    monkeypatch.delenv("TUNELAB_INFERENCE_DTYPE", raising=False)
+    native = precision.cpu_has_native_bf16()
+    assert precision.inference_dtype() == (torch.bfloat16 if native else torch.float32)
+    assert generate.load(tiny_model_dir)[0].dtype == precision.inference_dtype()
+    monkeypatch.setenv("TUNELAB_INFERENCE_DTYPE", "float32")
+    assert generate.load(tiny_model_dir)[0].dtype == torch.float32
+    monkeypatch.setenv("TUNELAB_INFERENCE_DTYPE", "half")
+    with pytest.raises(UserError, match="TUNELAB_INFERENCE_DTYPE='half': choose one of float32, bfloat16, float16"):
+        precision.inference_dtype()

@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 
 from tunelab.errors import UserError
+from tunelab.precision import mixed_precision
 from tunelab.folders import latest_checkpoint, read_status, write_json_atomic
 from tunelab.train import config as configmod
 from tunelab.train import speedups
@@ -39,23 +40,6 @@ class Stopped(Exception):
 
 class NaNLoss(Exception):
     """The loss, gradient norm or eval loss stopped being a finite number: the run has diverged."""
-
-
-def mixed_precision(capability: tuple[int, int] | None) -> str | None:
-    """'bf16', 'fp16' or None: the autocast dtype for a CUDA device of this compute capability (None: CPU).
-
-    Native bf16 starts with Ampere (8.0). torch.cuda.is_bf16_supported() also says yes on a T4 (7.5) or a
-    V100 (7.0), which emulate it slowly and have fast fp16 tensor cores instead. On CPU neither: bf16 autocast
-    was about 25x slower there."""
-    if capability is None:
-        return None
-    return "bf16" if tuple(capability) >= (8, 0) else "fp16"
-
-
-def half_dtype():
-    """The torch dtype this process's CUDA device computes fast in: bf16 or fp16, as mixed_precision says."""
-    import torch
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision(torch.cuda.get_device_capability(0))]
 
 
 def device() -> dict:
