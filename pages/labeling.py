@@ -4,10 +4,10 @@ Keys: A / B = that answer is better, Shift+A / Shift+B = much better, T = tie, X
 S = skip, U = undo the last vote. The voting part is a fragment, so a vote reruns only it.
 
 Integrity (SECURITY.md): the vote and skip buttons carry the assignment id in their keys, so a key press
-sent before the next pair was drawn still names the pair it was pressed for, and core ignores it once that
-pair is voted; every callback and fragment rerun checks the session and role again, so signing someone
-out or demoting them stops an open page; prompts, answers and guidelines come from files and models, so
-they go through `untrusted.markdown` and load no images.
+sent before the next pair was drawn still names the pair it was pressed for: it is not counted, and a toast
+says so (a press never vanishes silently); every callback and fragment rerun checks the session and role
+again, so signing someone out or demoting them stops an open page; prompts, answers and guidelines come
+from files and models, so they go through `untrusted.markdown` and load no images.
 """
 import streamlit as st
 
@@ -37,13 +37,23 @@ if campaign.guidelines:
         st.markdown(untrusted.markdown(campaign.guidelines))
 
 
+SHOWN = "label_shown"  # session key: the assignment id of the pair this session drew or moved on to last
+
+
 def _vote(assignment_id: int, choice: str, strength: int | None) -> None:
     if (acting := _ui.allowed("labeling")) is None:
         return  # signed out or demoted since the page was drawn: the fragment's guard says so
+    if assignment_id != st.session_state.get(SHOWN):
+        # A second click, or a click on the last pair's buttons while the next pair is still being drawn
+        # (its text can show before its buttons): core would ignore it; say so, or it looks like a vote.
+        st.toast("Not counted: that press was for the pair before this one. Vote again on this pair.")
+        return
     try:
-        feedback.vote_and_next(conn, assignment_id, choice, strength, annotator_id=acting.id)
+        nxt = feedback.vote_and_next(conn, assignment_id, choice, strength, annotator_id=acting.id)
     except UserError as exc:  # a press for a pair skipped or taken back since it was drawn
         st.toast(untrusted.markdown(str(exc)))
+        return
+    st.session_state[SHOWN] = nxt and nxt.id  # here, not in the fragment: a click can interrupt its rerun
 
 
 def _skip(assignment_id: int) -> None:
@@ -71,6 +81,7 @@ def _answer(title: str, text: str) -> None:
 def labeler() -> None:
     user = _ui.guard("labeling")  # a fragment rerun skips the page's own guard
     assignment = feedback.next_pair(conn, campaign.id, user.id, user.name)
+    st.session_state[SHOWN] = assignment and assignment.id
     done, total = feedback.annotator_progress(conn, campaign.id, user.id)
     st.progress(done / total if total else 1.0, text=f"{done} of {total}")
     if assignment is None:

@@ -284,10 +284,11 @@ def upload(page, file_input, file, *, clears: str | None = None) -> None:
 def wait_for_pair(page, conn, annotator_id: int) -> None:
     """Wait until the vote buttons of the annotator's open pair are drawn. Their keys carry the pair's
     assignment id, and the labeling page drops a key press made before they are there (it was meant for
-    the pair before), so a test that presses the moment the progress text changes would lose it."""
+    the pair before), so a test that presses the moment the progress text changes would lose it. The
+    buttons are replaced one by one, so this waits for the last of them (Skip)."""
     [(aid,)] = conn.execute("SELECT id FROM assignments WHERE annotator_id = ? AND status = 'open'",
                             [annotator_id]).fetchall()
-    page.locator(f".st-key-vote_a_{aid}").wait_for()
+    page.locator(f".st-key-skip_{aid}").wait_for()
 
 
 def load_json(path: Path):
