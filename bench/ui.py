@@ -51,7 +51,7 @@ from bench import demo  # noqa: E402
 from tunelab import auth, datasets, feedback, jobs, leaderboard, models, runs, workspace  # noqa: E402
 from tunelab import db as dbmod  # noqa: E402
 from tunelab.train import config as configmod  # noqa: E402
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, App, sign_in, wait_for_app  # noqa: E402
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, App, sign_in, wait_for_app, wait_for_pair  # noqa: E402
 
 GOAL_START_OVER_S, GOAL_VOTE_MS, GOAL_RUNS_S = 0.3, 300, 1.0  # cold start: seconds over an empty app
 FILLER = ("The answer walks through the question step by step, names the assumptions it makes, and ends with "
@@ -124,13 +124,16 @@ def seed_campaign(home: Path, pairs: int) -> None:
 
 
 def bench_labeling(browser, votes: int) -> tuple[list[float], int]:
-    """Milliseconds from each vote click to the next pair shown, and the clicks that were lost: under load a
-    click now and then brings nothing (the same pair stays, no error), so after LOST_S the bench clicks again
-    and times the click that counted."""
+    """Milliseconds from each vote click to the next pair shown, and the clicks that were lost (the same pair
+    stays after LOST_S; the bench then clicks again and times the click that counted). The next pair's
+    text shows before its buttons: the bench clicks only once they are drawn, as an annotator reads first.
+    A click on the buttons before them names the pair just voted, and is not counted (the page says so)."""
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-ui-")) / "home"
     total = votes + 1  # one pair is left on screen after the last vote
     seed_campaign(home, total)
     app = App(home)
+    conn = app.db()
+    [(ann,)] = conn.execute("SELECT id FROM users WHERE name = 'ann'").fetchall()
     context, page = new_page(browser)
     try:
         sign_in(page, app, "ann", PASSWORD)
@@ -148,9 +151,7 @@ def bench_labeling(browser, votes: int) -> tuple[list[float], int]:
                                            polling="raf", timeout=LOST_S * 1000)
                     break
                 except PlaywrightTimeout:
-                    conn = app.db()
                     recorded = conn.execute("SELECT count(*) FROM votes").fetchone()[0]
-                    conn.close()
                     lost += 1
                     print(f"  vote {n}: no next pair {LOST_S} s after the click; votes recorded: {recorded} of {n}",
                           flush=True)
@@ -158,9 +159,11 @@ def bench_labeling(browser, votes: int) -> tuple[list[float], int]:
                 sys.exit(f"vote {n} (on question {old}) did not bring the next pair in 3 clicks; the page shows:\n"
                          f"{page.inner_text('body')[:2000]}")
             times.append(page.evaluate("() => window.__shownAt - window.__clickAt"))
-            wait_for_app(page)  # an annotator reads before the next vote; the run ends meanwhile
+            wait_for_pair(page, conn, ann)  # an annotator reads before the next vote; the run ends meanwhile
+            wait_for_app(page)
         return times, lost
     finally:
+        conn.close()
         context.close()
         app.stop()
         shutil.rmtree(home.parent)
