@@ -93,3 +93,30 @@ def test_auto_attention_on_cpu(packing, expected):
     assert sft.attention(cfg, {"kind": "cpu"}) == expected
     cfg.attn_implementation = "eager"
     assert sft.attention(cfg, {"kind": "cpu"}) == "eager"
+
+
+def test_generate_merged_samples_from_the_merged_policy_and_leaves_the_adapter_as_it_was():
+    """Online RL's rollouts: the same answers as the merged weights give, and afterwards the same unmerged
+    model (weights, adapter, outputs), even when generation fails halfway."""
+    import copy
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    merged = copy.deepcopy(model).merge_and_unload()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 64, (3, 5))
+    with torch.no_grad():
+        unmerged_logits = model(input_ids=ids).logits
+    assert speedups.generate_merged(model) is True
+    kwargs = dict(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(**kwargs), merged.generate(**kwargs))
+    with pytest.raises(TypeError):
+        model.generate(**kwargs, max_new_tokens=-1)  # fails inside the merged window
+    assert not any(getattr(m, "merged", False) for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, unmerged_logits, atol=1e-5)
+    assert speedups.generate_merged(LlamaForCausalLM(base.config)) is False  # no adapter: nothing to merge

@@ -12,6 +12,11 @@
    on compiled devices (XLA) a changing number of positions would recompile on every batch. Eager PyTorch
    on the CPU compiles nothing, so the prompt and padding positions are dropped there too: the loss and
    gradients are the same, and a step is about 14% faster at 77% labelled tokens (alpaca, assistant-only).
+3. Online RL's rollouts from merged LoRA weights. GRPO and RLOO sample their answers with the training
+   model's `generate`, where every all-linear LoRA layer adds two small matmuls per token: on CPU that
+   generated about 9x slower than the same weights merged (core/generate.py). `generate_merged` merges the
+   adapter for the length of each `generate` call and takes it out again, so the answers come from the
+   same policy, and training sees the adapter as before.
 """
 from __future__ import annotations
 
@@ -70,4 +75,23 @@ def lm_head_on_labelled_positions_only() -> bool:
 
     compact.tunelab_cpu_compact = True
     trl_utils._use_triton = compact
+    return True
+
+
+def generate_merged(model) -> bool:
+    """Make `model.generate` (a PEFT model's) run on merged weights: merge_adapter before, unmerge_adapter after,
+    also when generation fails. False, and nothing changed, for a model without a LoRA adapter."""
+    if not hasattr(model, "merge_adapter") or getattr(model.generate, "tunelab_merged", False):
+        return hasattr(model, "merge_adapter")
+    plain = model.generate
+
+    def generate(*args, **kwargs):
+        model.merge_adapter()
+        try:
+            return plain(*args, **kwargs)
+        finally:
+            model.unmerge_adapter()
+
+    generate.tunelab_merged = True
+    model.generate = generate
     return True
