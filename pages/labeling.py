@@ -57,8 +57,12 @@ def _vote(assignment_id: int, choice: str, strength: int | None) -> None:
 
 
 def _skip(assignment_id: int) -> None:
-    if _ui.allowed("labeling") is not None:
-        feedback.skip(conn, assignment_id)
+    if _ui.allowed("labeling") is None:
+        return
+    if assignment_id != st.session_state.get(SHOWN):  # as in _vote: core would ignore it without a word
+        st.toast("Not skipped: that press was for the pair before this one.")
+        return
+    feedback.skip(conn, assignment_id)
 
 
 def _undo() -> None:

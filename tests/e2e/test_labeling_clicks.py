@@ -1,5 +1,5 @@
-"""A vote click that lands on the pair just voted (a double click, or a click while the next pair is still
-being drawn) is not counted, and the annotator is told so: a click never vanishes silently."""
+"""A vote or skip click that lands on the pair just voted (a double click, or a click while the next pair is
+still being drawn) is not counted, and the annotator is told so: a click never vanishes silently."""
 import pytest
 
 from tunelab import auth
@@ -43,12 +43,16 @@ def test_a_click_on_the_pair_just_voted_is_not_counted_and_says_so(app, page, ti
         pytest.fail("the first click was not recorded in 30 s")
     page.get_by_role("button", name="B > A").click()  # still the first pair's button: its redraw is held
     assert page.locator(f".st-key-vote_b_{first}").count() == 1
+    page.get_by_role("button", name="Skip").click()  # the first pair's Skip, as stale
+    assert page.locator(f".st-key-skip_{first}").count() == 1
     while state["held"]:  # in order; messages that come meanwhile join the queue
         state["page_side"].send(state["held"].pop(0))
     state["held"] = None
     page.get_by_text("Not counted").wait_for(timeout=15_000)
+    page.get_by_text("Not skipped").wait_for(timeout=15_000)
     wait_for_pair(page, conn, ann.id)
     assert conn.execute("SELECT count(*) FROM votes").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM assignments WHERE status = 'skipped'").fetchone()[0] == 0
     page.get_by_text("1 of 3").wait_for()
     page.get_by_role("button", name="Tie").click()  # the pair now shown takes the vote
     page.get_by_text("2 of 3").wait_for()
