@@ -82,7 +82,10 @@ class EvalConfig:
     limit: int | None = field(default=100, metadata={"help": "Evaluate at most this many rows (and reference texts)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Most tokens per generated answer (greedy)."})
     max_length: int = field(default=1024, metadata={"help": "Longest sequence scored for loss; longer prompts are cut on the left."})
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Rows per forward pass and per generation batch."})
+    per_device_eval_batch_size: int = field(default=8, metadata={
+        "help": "Rows per pass: each batch is scored and answered in one pass. Larger batches generate faster (on "
+                "2 CPU cores, 20 answers in one batch took half the time of batches of 8); the loss's logits grow "
+                "with batch x reference length x vocabulary, so large models want less."})
     seed: int = field(default=0, metadata={"help": "Seed for choosing the few-shot examples."})
     backend: str = field(default="local", metadata={
         "help": "local (this machine, in the job queue) or ray (a job on the Ray cluster at ray_address; the code "
