@@ -60,8 +60,8 @@ ACTIVE = ("queued", "running")
 FINAL = ("completed", "failed", "stopped", "interrupted")
 RESUMABLE = ("stopped", "interrupted", "failed")  # may be queued again
 STOP_GRACE_S = 30.0  # after SIGTERM, the time a job gets to save its work (a checkpoint) before SIGKILL
-# A job process runs this much nicer than the app: on the same cores, the pages people wait on win the CPU
-# and a run loses only the moments they use (bench/ui.py --under-training).
+# A job process runs at this nice level (or its own, if higher), above the app's usual 0: on the same cores,
+# the pages people wait on win the CPU and a run loses only the moments they use (bench/ui.py --under-training).
 JOB_NICENESS = 10
 # What a job's process runs: "module:function", called as function(db, ws, target, folder) and returning
 # (final status, error). Its exceptions are recorded as `failed`.
@@ -476,7 +476,9 @@ def describe_failure(exc: BaseException, log: Path) -> str:
 
 def main(job_id: int) -> int:
     """`python -m tunelab.jobs ID`: run the job's entry point here, record its outcome, start the next job."""
-    os.nice(JOB_NICENESS)  # first, so that the threads torch starts later inherit it
+    # First, so that the threads torch starts later inherit it. To a level, not by a step: the next job is
+    # started from this (already nicer) process, and steps would pile up to 19.
+    os.nice(max(0, JOB_NICENESS - os.nice(0)))
     ws = workspace.current()
     db = dbmod.connect(ws.db_path)
     job = get(db, job_id)
