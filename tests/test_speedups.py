@@ -120,3 +120,7 @@ def test_generate_merged_samples_from_the_merged_policy_and_leaves_the_adapter_a
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, unmerged_logits, atol=1e-5)
     assert speedups.generate_merged(LlamaForCausalLM(base.config)) is False  # no adapter: nothing to merge
+    half = get_peft_model(LlamaForCausalLM(base.config).to(torch.bfloat16), LoraConfig(r=4, target_modules="all-linear"))
+    plain_generate = half.generate
+    assert speedups.generate_merged(half) is False  # bf16 weights would not come back as they were
+    assert half.generate == plain_generate

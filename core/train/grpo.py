@@ -110,8 +110,7 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
                         epsilon=cfg.epsilon, **extra)
     trainer = trainer_class(model=model, reward_funcs=reward_model, reward_processing_classes=reward_tokenizer,
                             args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=peft_config)
-    if not getattr(args, "use_vllm", False):
-        speedups.generate_merged(trainer.model)  # rollouts from merged LoRA weights (speedups.py, item 3)
+    speedups.generate_merged(trainer.model)  # rollouts from merged float32 LoRA weights (speedups.py, item 3)
     ctx.fit(trainer)
 
 

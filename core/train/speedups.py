@@ -16,7 +16,8 @@
    model's `generate`, where every all-linear LoRA layer adds two small matmuls per token: on CPU that
    generated about 9x slower than the same weights merged (core/generate.py). `generate_merged` merges the
    adapter for the length of each `generate` call and takes it out again, so the answers come from the
-   same policy, and training sees the adapter as before.
+   same policy, and training sees the adapter as before. Only on float32 base weights: in bf16, fp16 or
+   4-bit, merging and taking out would round the frozen weights a little further at every rollout.
 """
 from __future__ import annotations
 
@@ -80,9 +81,16 @@ def lm_head_on_labelled_positions_only() -> bool:
 
 def generate_merged(model) -> bool:
     """Make `model.generate` (a PEFT model's) run on merged weights: merge_adapter before, unmerge_adapter after,
-    also when generation fails. False, and nothing changed, for a model without a LoRA adapter."""
-    if not hasattr(model, "merge_adapter") or getattr(model.generate, "tunelab_merged", False):
-        return hasattr(model, "merge_adapter")
+    also when generation fails. False, and nothing changed, for a model without a LoRA adapter, and for base
+    weights in bf16/fp16 or quantized (QLoRA): adding and taking out the adapter there rounds the frozen weights
+    a little more at every rollout, so only float32 weights (the CPU's) come back as they were."""
+    import torch
+    if not hasattr(model, "merge_adapter"):
+        return False
+    if getattr(model.generate, "tunelab_merged", False):
+        return True
+    if any(p.dtype != torch.float32 for name, p in model.named_parameters() if "lora_" not in name):
+        return False
     plain = model.generate
 
     def generate(*args, **kwargs):
