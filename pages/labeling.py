@@ -40,13 +40,19 @@ if campaign.guidelines:
 SHOWN = "label_shown"  # session key: the assignment id of the pair this session drew or moved on to last
 
 
+def _stale(assignment_id: int, said: str) -> bool:
+    """A second click, or a click on the last pair's buttons while the next pair is still being drawn (its text
+    can show before its buttons): core would ignore it without a word, so the annotator is told instead."""
+    if assignment_id == st.session_state.get(SHOWN):
+        return False
+    st.toast(f"{said}: that press was for the pair before this one. Press again on this pair.")
+    return True
+
+
 def _vote(assignment_id: int, choice: str, strength: int | None) -> None:
     if (acting := _ui.allowed("labeling")) is None:
         return  # signed out or demoted since the page was drawn: the fragment's guard says so
-    if assignment_id != st.session_state.get(SHOWN):
-        # A second click, or a click on the last pair's buttons while the next pair is still being drawn
-        # (its text can show before its buttons): core would ignore it; say so, or it looks like a vote.
-        st.toast("Not counted: that press was for the pair before this one. Vote again on this pair.")
+    if _stale(assignment_id, "Not counted"):
         return
     try:
         nxt = feedback.vote_and_next(conn, assignment_id, choice, strength, annotator_id=acting.id)
@@ -57,12 +63,8 @@ def _vote(assignment_id: int, choice: str, strength: int | None) -> None:
 
 
 def _skip(assignment_id: int) -> None:
-    if _ui.allowed("labeling") is None:
-        return
-    if assignment_id != st.session_state.get(SHOWN):  # as in _vote: core would ignore it without a word
-        st.toast("Not skipped: that press was for the pair before this one.")
-        return
-    feedback.skip(conn, assignment_id)
+    if _ui.allowed("labeling") is not None and not _stale(assignment_id, "Not skipped"):
+        feedback.skip(conn, assignment_id)
 
 
 def _undo() -> None:
