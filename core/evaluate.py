@@ -281,6 +281,18 @@ def _prompt_and_answer_ids(tokenizer, prompt: list[dict], answer: str | None) ->
     return head_ids, tokenizer(tail, add_special_tokens=False)["input_ids"]
 
 
+SHARED_START_MIN = 16  # tokens: a shorter shared start is not worth a forward pass of its own
+
+
+def _shared_start(heads: list[list[int]]) -> int:
+    """How many tokens all `heads` start with, leaving each at least one of its own (generate feeds it)."""
+    n = min(map(len, heads)) - 1
+    first = heads[0]
+    for head in heads[1:]:
+        n = next((k for k in range(n) if head[k] != first[k]), n)
+    return max(n, 0)
+
+
 def answers_and_loss(model, tokenizer, prompts: list[list[dict]], references: list[str | None],
                      settings=None, batch_size: int = 8, max_length: int = 1024,
                      progress: Progress | None = None) -> tuple[list[str] | None, float | None]:
@@ -291,9 +303,9 @@ def answers_and_loss(model, tokenizer, prompts: list[list[dict]], references: li
     (the LM head runs on those alone), and the answers are generated from the same cache, cropped back to
     the prompts. On a RAG or few-shot prompt that saves the whole second prompt pass (about a third of an
     eval on CPU). A start that every prompt of a batch shares (the prompting baseline's system prompt and
-    fixed examples) is computed once for the batch. Rows whose reference is None are generated but not scored; a row longer than
-    `max_length` is scored on its own with the prompt cut on the left (_nll), as before. `settings` None
-    scores only; the loss is None when no row is scored."""
+    fixed examples) is computed once for the batch. Rows whose reference is None are generated but not
+    scored; a row longer than `max_length` is scored on its own with the prompt cut on the left (_nll), as
+    before. `settings` None scores only; the loss is None when no row is scored."""
     import torch
 
     from tunelab import generate
@@ -363,18 +375,6 @@ def answers_and_loss(model, tokenizer, prompts: list[list[dict]], references: li
             n = min(start + batch_size, len(order))
             progress(n / len(order), f"{n}/{len(order)} answers" if settings is not None else "held-out loss")
     return (answers if settings is not None else None), (total / count if count else None)  # type: ignore[return-value]
-
-
-SHARED_START_MIN = 16  # tokens: a shorter shared start is not worth a forward pass of its own
-
-
-def _shared_start(heads: list[list[int]]) -> int:
-    """How many tokens all `heads` start with, leaving each at least one of its own (generate feeds it)."""
-    n = min(map(len, heads)) - 1
-    first = heads[0]
-    for head in heads[1:]:
-        n = next((k for k in range(n) if head[k] != first[k]), n)
-    return max(n, 0)
 
 
 def answer_loss(model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 8,

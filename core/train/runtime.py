@@ -25,8 +25,8 @@ import traceback
 from pathlib import Path
 
 from tunelab.errors import UserError
-from tunelab.precision import mixed_precision
 from tunelab.folders import latest_checkpoint, read_status, write_json_atomic
+from tunelab.precision import mixed_precision
 from tunelab.train import config as configmod
 from tunelab.train import speedups
 from tunelab.workspace import Workspace
