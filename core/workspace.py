@@ -45,6 +45,11 @@ class Workspace:
         return self.home / "models"
 
     @property
+    def compile_cache_dir(self) -> Path:
+        """Compiled training code (core/train/compiling.py), kept so the next run of a model starts warm."""
+        return self.home / "cache" / "compile"
+
+    @property
     def exports_dir(self) -> Path:
         """The one folder inside the workspace that exports may write to."""
         return self.home / "exports"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from tunelab.train import speedups
+from tunelab.train import compiling, speedups
 from tunelab.train.config import RunConfig
 
 
@@ -35,6 +35,11 @@ class Config(RunConfig):
                 "packed_sdpa (one SDPA call per packed conversation instead of one masked SDPA over the whole "
                 "packed row, which computes every pair of tokens: 1.4x real tokens/s on CPU, same loss); else "
                 "sdpa.", "choices": ("auto", "packed_sdpa", "sdpa", "eager", "flash_attention_2")})
+    compile: str = field(default="auto", metadata={
+        "help": "Compile each decoder block (torch.compile, regional; core/train/compiling.py), its code kept in "
+                "the workspace's compile cache. MEASURED_TEXT on: always; off: never; auto: only once a completed "
+                "compiled run of the same model, LoRA shape and attention left a warm cache.",
+        "choices": compiling.CHOICES})
     assistant_only_loss: bool = field(default=True, metadata={
         "help": "Compute the loss on the assistant's tokens only, not on the user's and system's."})
 
@@ -147,5 +152,25 @@ def train(ctx) -> None:
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config)
+    compiled = compile_blocks(ctx, trainer.model, attn)
     # The saved result carries the model's own template; the markers only mattered for the loss mask.
     ctx.fit(trainer, restore=lambda: setattr(tokenizer, "chat_template", original_template))
+    if compiled:
+        compiling.mark_warm(*compiled, run=ctx.run_id)
+
+
+def compile_blocks(ctx, model, attn: str) -> tuple | None:
+    """Compile the decoder blocks when cfg.compile asks for it; (cache folder, key) to mark warm after the run,
+    or None when eager. Without a workspace (a remote cluster) nothing is cached, and auto stays eager."""
+    cfg: Config = ctx.cfg
+    cache = ctx.ws.compile_cache_dir if ctx.ws is not None else None
+    key = compiling.cache_key(model, attention=attn, gradient_checkpointing=cfg.gradient_checkpointing)
+    on = compiling.wanted(cfg.compile, cache, key)
+    ctx.report(compiled=on)
+    if not on:
+        return None
+    if cache is not None:
+        compiling.use_cache(cache)
+    blocks = compiling.compile_blocks(model)
+    ctx.phase(f"compiling {blocks} decoder blocks ({'warm' if compiling.is_warm(cache, key) else 'cold'} cache)")
+    return (cache, key) if cache is not None else None

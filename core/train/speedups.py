@@ -18,6 +18,14 @@
    adapter for the length of each `generate` call and takes it out again, so the answers come from the
    same policy, and training sees the adapter as before. Only on float32 base weights: in bf16, fp16 or
    4-bit, merging and taking out would round the frozen weights a little further at every rollout.
+4. Padded batches without the padding (`padding_free`). The reward model, DPO and online RL hand the model
+   padded batches: a pair's chosen and rejected answers, or sampled answers, padded to the longest in the
+   batch. Hooks on the model's body turn such a batch into one row of its real tokens with each sequence's
+   bounds, so every layer works on real tokens only and attention stays within each sequence (packed_sdpa,
+   or FlashAttention on a GPU); the hidden states go back to their padded places before the head, so TRL's
+   trainers see the shapes they expect. Positions count from each sequence's first token, as generation
+   counts them (rotary attention depends only on the distance between tokens, so left padding's shift
+   changed nothing but rounding).
 """
 from __future__ import annotations
 
@@ -48,10 +56,12 @@ def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
 
 def register_packed_sdpa() -> None:
     """Make `packed_sdpa` an attention implementation transformers knows, with SDPA's mask for the fallback."""
+    import torch
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
-    AttentionInterface.register(PACKED_SDPA, _packed_sdpa)
+    # Eager under a compiled block (core/train/compiling.py): its loop over a row's conversations differs per batch.
+    AttentionInterface.register(PACKED_SDPA, torch.compiler.disable(_packed_sdpa))
     AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
 
 
@@ -103,3 +113,67 @@ def generate_merged(model) -> bool:
     generate.tunelab_merged = True
     model.generate = generate
     return True
+
+
+def padding_free(model, device_kind: str) -> str:
+    """Run `model`'s transformer body on the real tokens of each padded batch only (section 4); the attention
+    implementation it set. flash_attention_2 where a GPU has it installed, else packed_sdpa: both read the
+    sequence bounds the hooks pass. A model without a separate body (`base_model`) is left as it was ("")."""
+    from transformers.utils import is_flash_attn_2_available
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(inner, "base_model", inner)
+    if body is inner:
+        return ""
+    attn = "flash_attention_2" if device_kind == "cuda" and is_flash_attn_2_available() else PACKED_SDPA
+    if attn == PACKED_SDPA:
+        register_packed_sdpa()
+    inner.set_attn_implementation(attn)
+    if not getattr(body, "tunelab_padding_free", False):
+        body.register_forward_pre_hook(_unpad_inputs, with_kwargs=True)
+        body.register_forward_hook(_repad_outputs, with_kwargs=True)
+        body.tunelab_padding_free = True
+    return attn
+
+
+def _unpad_inputs(body, args, kwargs):
+    """Forward pre-hook: a padded (batch, length) call becomes one row of the real tokens with their bounds."""
+    import torch
+    import torch.nn.functional as F
+
+    body.tunelab_unpadded = None
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    mask = kwargs.get("attention_mask")
+    if (input_ids is None or mask is None or mask.dim() != 2 or input_ids.shape[0] < 2 or len(args) > 1
+            or kwargs.get("inputs_embeds") is not None or kwargs.get("cache") is not None
+            or kwargs.get("past_key_values") is not None or kwargs.get("output_hidden_states")
+            or kwargs.get("output_attentions") or "cu_seq_lens_q" in kwargs):
+        return None
+    mask = mask.bool()
+    # Only where each row's tokens are one run (left and/or right padding): a hole would change the distances.
+    starts = (mask[:, 1:] & ~mask[:, :-1]).sum(1) + mask[:, 0].long()
+    if bool(mask.all()) or bool((starts > 1).any()):
+        return None
+    where = mask.flatten().nonzero().squeeze(1)
+    lengths = mask.sum(1)
+    bounds = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    positions = kwargs.get("position_ids")
+    positions = (mask.long().cumsum(1) - 1) if positions is None else positions.expand_as(mask)
+    longest = int(lengths.max())
+    kwargs = {**kwargs, "input_ids": input_ids.flatten()[where].unsqueeze(0), "attention_mask": None,
+              "position_ids": positions.flatten()[where].unsqueeze(0), "use_cache": False,
+              "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
+    body.tunelab_unpadded = (where, mask.shape)
+    return (), kwargs
+
+
+def _repad_outputs(body, args, kwargs, output):
+    """Forward hook: the real tokens' hidden states go back to their padded places (zeros at the padding)."""
+    unpadded, body.tunelab_unpadded = getattr(body, "tunelab_unpadded", None), None
+    if unpadded is None:
+        return None
+    where, (rows, length) = unpadded
+    hidden = output.last_hidden_state[0]
+    output.last_hidden_state = hidden.new_zeros(rows * length, hidden.shape[-1]).index_copy(
+        0, where, hidden).view(rows, length, -1)
+    return output
