@@ -124,3 +124,56 @@ def test_generate_merged_samples_from_the_merged_policy_and_leaves_the_adapter_a
     plain_generate = half.generate
     assert speedups.generate_merged(half) is False  # bf16 weights would not come back as they were
     assert half.generate == plain_generate
+
+
+@pytest.mark.parametrize("head", ["causal_lm", "reward"])
+def test_padding_free_gives_the_padded_batchs_outputs_and_gradients_on_real_tokens_only(head):
+    """DPO, reward models and online RL hand over padded batches (left- and right-padded rows): with the hooks
+    the body sees one row of the real tokens, and the outputs at real tokens, the reward head's pooled score
+    and every LoRA gradient are those of the padded batch. Generation (a KV cache) and a row with a hole in
+    its mask are left to the model as they are."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForSequenceClassification
+
+    def model():
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_labels=1)
+        bare = LlamaForCausalLM(config) if head == "causal_lm" else LlamaForSequenceClassification(config)
+        return get_peft_model(bare, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False,
+                                               task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS"))
+
+    padded, unpadded = model(), model()
+    assert speedups.padding_free(unpadded, "cpu") == speedups.PACKED_SDPA
+    torch.manual_seed(1)
+    mask = torch.ones(4, 16, dtype=torch.long)
+    mask[0, 11:] = 0  # right padding (a shorter answer of a pair)
+    mask[1, :5] = 0  # left padding (a prompt) ...
+    mask[1, 13:] = 0  # ... and right padding (an answer that stopped early), as GRPO's batches have
+    ids = torch.randint(1, 300, (4, 16)).masked_fill(mask == 0, 0)
+    widths = []
+    unpadded.get_base_model().model.layers[0].register_forward_pre_hook(lambda m, a: widths.append(a[0].shape[:2]))
+    out_padded, out_unpadded = padded(input_ids=ids, attention_mask=mask).logits, \
+        unpadded(input_ids=ids, attention_mask=mask).logits
+    assert widths == [(1, int(mask.sum()))]
+    real = mask.bool()
+    if head == "causal_lm":
+        assert torch.allclose(out_padded[real], out_unpadded[real], atol=1e-5)
+        out_padded, out_unpadded = out_padded[real], out_unpadded[real]
+    else:
+        assert torch.allclose(out_padded, out_unpadded, atol=1e-5)
+    (out_padded ** 2).sum().backward()
+    (out_unpadded ** 2).sum().backward()
+    grads = {n: p.grad for n, p in padded.named_parameters() if p.requires_grad}
+    assert grads and all((grads[n] - p.grad).norm() <= 1e-5 * grads[n].norm()
+                         for n, p in unpadded.named_parameters() if p.requires_grad)
+
+    widths.clear()
+    holed = mask.clone()
+    holed[2, 7] = 0
+    with torch.no_grad():
+        unpadded(input_ids=ids, attention_mask=holed)
+        if head == "causal_lm":
+            unpadded.generate(input_ids=ids[1:2, :13], attention_mask=mask[1:2, :13], max_new_tokens=2,
+                              do_sample=False, pad_token_id=0)
+    assert widths[0] == (4, 16) and all(w[0] == 1 for w in widths[1:])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from tunelab.train import speedups
 from tunelab.train.config import RunConfig
 
 LABEL = "DPO"
@@ -55,6 +56,7 @@ def train(ctx) -> None:
 
     cfg: Config = ctx.cfg
     model, tokenizer, peft_config = ctx.load_model()
+    speedups.padding_free(model, ctx.device["kind"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Full tuning: a frozen copy of the starting weights. (TRL would reload the reference from the model's

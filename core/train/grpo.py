@@ -92,10 +92,12 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
 
     cfg = ctx.cfg
     model, tokenizer, peft_config = ctx.load_model()
+    speedups.padding_free(model, ctx.device["kind"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     ctx.phase(f"loading reward model {cfg.reward_model}")
     reward_model, reward_tokenizer = reward.load_folder(ctx.inputs["reward"], ctx.inputs.get("reward_base"))
+    speedups.padding_free(reward_model, ctx.device["kind"])
     ctx.phase(f"reading prompts from {cfg.dataset}")
     prompts = [p for p in map(prompt_messages, ctx.dataset_rows().get("train", [])) if p]
     if not prompts:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import UserError
+from tunelab.train import speedups
 from tunelab.train.config import RunConfig
 
 LABEL = "reward model"
@@ -53,6 +54,7 @@ def load_model(ctx):
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1, dtype=dtype)
     # The head pools the last token that is not padding, so the model must know which token pads.
     model.config.pad_token_id = tokenizer.pad_token_id
+    speedups.padding_free(model, ctx.device["kind"])
     if init is not None:
         from peft import PeftModel
         causal = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
