@@ -408,9 +408,9 @@ def reward_base(folder: Path, db=None, ws: Workspace | None = None) -> Path | No
     return models.model_path(db, ws, base)
 
 
-def load_reward_model(folder: Path, db=None, ws: Workspace | None = None, base: Path | None = None):
+def load_reward_model(folder: Path, db=None, ws: Workspace | None = None, base: Path | None = None, dtype=None):
     """A sequence-classification model from a folder, or a PEFT adapter on one (on `base`, else the one its
-    adapter_config names); with its tokenizer."""
+    adapter_config names), in `dtype` (float32 unless given); with its tokenizer."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -418,11 +418,11 @@ def load_reward_model(folder: Path, db=None, ws: Workspace | None = None, base: 
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
         base = str(base or reward_base(folder, db, ws))
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype or torch.float32)
         model = PeftModel.from_pretrained(model, str(folder))
         tokenizer_dir = folder if (folder / "tokenizer_config.json").exists() else Path(base)
     elif (folder / "config.json").exists():
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=dtype or torch.float32)
         tokenizer_dir = folder
     else:
         raise UserError(f"{folder}: neither a model (config.json) nor an adapter (adapter_config.json)")

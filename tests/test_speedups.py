@@ -95,35 +95,40 @@ def test_auto_attention_on_cpu(packing, expected):
     assert sft.attention(cfg, {"kind": "cpu"}) == "eager"
 
 
-def test_generate_merged_samples_from_the_merged_policy_and_leaves_the_adapter_as_it_was():
-    """Online RL's rollouts: the same answers as the merged weights give, and afterwards the same unmerged
-    model (weights, adapter, outputs), even when generation fails halfway."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rollout_copy_samples_from_the_current_merged_policy_and_never_touches_the_training_weights(dtype):
+    """Online RL's rollouts: the answers the merged policy gives in the rollout precision, after a training step
+    too (the copy is refreshed from the live adapter), with the training model's weights and outputs as they
+    were; a model it cannot copy keeps its own generate."""
     import copy
     from peft import LoraConfig, get_peft_model
     torch.manual_seed(0)
     base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2))
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
-    merged = copy.deepcopy(model).merge_and_unload()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ids = torch.randint(0, 64, (3, 5))
-    with torch.no_grad():
-        unmerged_logits = model(input_ids=ids).logits
-    assert speedups.generate_merged(model) is True
     kwargs = dict(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    assert torch.equal(model.generate(**kwargs), merged.generate(**kwargs))
-    with pytest.raises(TypeError):
-        model.generate(**kwargs, max_new_tokens=-1)  # fails inside the merged window
+    assert speedups.rollout_copy(model, dtype) is True
+
+    def merged_answers():
+        return copy.deepcopy(model).merge_and_unload().to(dtype).generate(**kwargs)
+
+    assert torch.equal(model.generate(**kwargs), merged_answers())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():  # a training step moves the adapter: the next rollout follows it
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p))
+    assert torch.equal(model.generate(**kwargs), merged_answers())
     assert not any(getattr(m, "merged", False) for m in model.modules())
-    after = model.state_dict()
-    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
-    with torch.no_grad():
-        assert torch.allclose(model(input_ids=ids).logits, unmerged_logits, atol=1e-5)
-    assert speedups.generate_merged(LlamaForCausalLM(base.config)) is False  # no adapter: nothing to merge
-    half = get_peft_model(LlamaForCausalLM(base.config).to(torch.bfloat16), LoraConfig(r=4, target_modules="all-linear"))
-    plain_generate = half.generate
-    assert speedups.generate_merged(half) is False  # bf16 weights would not come back as they were
-    assert half.generate == plain_generate
+
+    assert speedups.rollout_copy(LlamaForCausalLM(base.config), dtype) is False  # no adapter
+    with_head = get_peft_model(LlamaForCausalLM(base.config), LoraConfig(r=4, target_modules="all-linear",
+                                                                         modules_to_save=["lm_head"]))
+    plain_generate = with_head.generate
+    assert speedups.rollout_copy(with_head, dtype) is False  # a trained head the copy would not follow
+    assert with_head.generate == plain_generate
 
 
 @pytest.mark.parametrize("head", ["causal_lm", "reward"])

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import UserError
+from tunelab.precision import inference_dtype
 from tunelab.train import speedups
 from tunelab.train.config import RunConfig
 
@@ -96,7 +97,9 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     ctx.phase(f"loading reward model {cfg.reward_model}")
-    reward_model, reward_tokenizer = reward.load_folder(ctx.inputs["reward"], ctx.inputs.get("reward_base"))
+    # Scoring is answering: in the precision models answer in (bf16 on a CPU with native bf16)
+    reward_model, reward_tokenizer = reward.load_folder(ctx.inputs["reward"], ctx.inputs.get("reward_base"),
+                                                        dtype=inference_dtype())
     speedups.padding_free(reward_model, ctx.device["kind"])
     ctx.phase(f"reading prompts from {cfg.dataset}")
     prompts = [p for p in map(prompt_messages, ctx.dataset_rows().get("train", [])) if p]
@@ -112,7 +115,7 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
                         epsilon=cfg.epsilon, **extra)
     trainer = trainer_class(model=model, reward_funcs=reward_model, reward_processing_classes=reward_tokenizer,
                             args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=peft_config)
-    speedups.generate_merged(trainer.model)  # rollouts from merged float32 LoRA weights (speedups.py, item 3)
+    speedups.rollout_copy(trainer.model, inference_dtype())  # rollouts from a merged copy (speedups.py, item 3)
     ctx.fit(trainer)
 
 

@@ -163,11 +163,12 @@ def load(db, ws, run_id: str):
     return load_folder(reward_dir(ws, run_id), db=db, ws=ws)
 
 
-def load_folder(final: Path, base: Path | None = None, db=None, ws=None):
+def load_folder(final: Path, base: Path | None = None, db=None, ws=None, dtype=None):
     """(model, tokenizer) from a reward run's final/ (an adapter on `base`, else on the base its config
-    names), in eval mode, with a LoRA adapter merged in; a GRPO or RLOO run gets both as its inputs."""
+    names), in eval mode and `dtype` (float32 unless given), with a LoRA adapter merged in; a GRPO or RLOO
+    run gets both as its inputs."""
     from tunelab import evaluate
-    model, tokenizer = evaluate.load_reward_model(Path(final), db, ws, base=base)
+    model, tokenizer = evaluate.load_reward_model(Path(final), db, ws, base=base, dtype=dtype)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return model, tokenizer
