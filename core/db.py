@@ -482,3 +482,17 @@ def open_workspace_db():
     """The current workspace's database."""
     from tunelab import workspace
     return connect(workspace.current().db_path)
+
+
+def change_counter(path: str | Path):
+    """A function giving a number that changes whenever any connection, in any process, commits to the
+    database at `path`: SQLite's PRAGMA data_version on a connection of the counter's own, which never
+    writes. A key for a cache of something read from the database that costs no query (the Leaderboard
+    page's board). Numbers compare only within one counter; threads may share it."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    lock = threading.Lock()
+
+    def version() -> int:
+        with lock:
+            return conn.execute("PRAGMA data_version").fetchone()[0]
+    return version
