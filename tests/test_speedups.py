@@ -106,21 +106,32 @@ def test_rollout_copy_samples_from_the_current_merged_policy_and_never_touches_t
     base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2))
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    add_fused_lm_head(model.get_base_model())  # as GRPOTrainer does: the live model's forward is patched
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ids = torch.randint(0, 64, (3, 5))
     kwargs = dict(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert speedups.rollout_copy(model, dtype) is True
+    live_calls = []
+    model.get_base_model().model.register_forward_pre_hook(lambda m, a: live_calls.append(1))
 
     def merged_answers():
-        return copy.deepcopy(model).merge_and_unload().to(dtype).generate(**kwargs)
+        merged = LlamaForCausalLM(base.config)
+        merged.load_state_dict(copy.deepcopy(model).merge_and_unload().state_dict())
+        return merged.to(dtype).generate(**kwargs)
 
-    assert torch.equal(model.generate(**kwargs), merged_answers())
+    def rollout():
+        live_calls.clear()
+        answers = model.generate(**kwargs)
+        assert live_calls == []  # every rollout token came from the copy
+        return answers
+
+    assert torch.equal(rollout(), merged_answers())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():  # a training step moves the adapter: the next rollout follows it
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.add_(torch.randn_like(p))
-    assert torch.equal(model.generate(**kwargs), merged_answers())
+    assert torch.equal(rollout(), merged_answers())
     assert not any(getattr(m, "merged", False) for m in model.modules())
 
     assert speedups.rollout_copy(LlamaForCausalLM(base.config), dtype) is False  # no adapter

@@ -115,7 +115,8 @@ def online_rl(ctx, config_class, trainer_class, **extra) -> None:
                         epsilon=cfg.epsilon, **extra)
     trainer = trainer_class(model=model, reward_funcs=reward_model, reward_processing_classes=reward_tokenizer,
                             args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=peft_config)
-    speedups.rollout_copy(trainer.model, inference_dtype())  # rollouts from a merged copy (speedups.py, item 3)
+    if speedups.rollout_copy(trainer.model, inference_dtype()):  # speedups.py, item 3
+        ctx.phase(f"rollouts from a merged copy of the policy in {str(inference_dtype()).removeprefix('torch.')}")
     ctx.fit(trainer)
 
 

@@ -110,8 +110,13 @@ def rollout_copy(model, dtype) -> bool:
     layers = {name: m for name, m in model.get_base_model().named_modules() if isinstance(m, LoraLayer)}
     if not layers:
         return False
-    with torch.no_grad():
-        rollout = copy.deepcopy(model).merge_and_unload().to(dtype).eval()
+    # A new model of the base's class, not a deepcopy: TRL patches the live model's forward (its fused LM head)
+    # with closures over the live modules, which a deepcopy would keep calling.
+    base = model.get_base_model()
+    rollout = type(base)(base.config).to(dtype).eval()
+    rollout.generation_config = copy.deepcopy(base.generation_config)
+    rollout.load_state_dict({k.replace(".base_layer.", "."): v for k, v in base.state_dict().items()
+                             if "lora_" not in k})
     targets = {name: rollout.get_submodule(name) for name in layers}
 
     def generate(*args, **kwargs):
