@@ -78,6 +78,18 @@ def tiny_model(workspace, tiny_model_dir):
     return conn, ws, "tiny"
 
 
+SAMPLE_SFT = REPO / "data" / "samples" / "acme_router_sft.jsonl"
+
+
+@pytest.fixture
+def sft_data(tiny_model):
+    """The bundled sample SFT data imported next to the tiny model: yields (db, ws, ref); no run outlives it."""
+    from tunelab import datasets
+    db, ws, _ = tiny_model
+    yield db, ws, datasets.import_file(db, ws, SAMPLE_SFT, "acme").version.ref
+    stop_leftover_runs(db)
+
+
 @pytest.fixture(scope="session")
 def bundled_model_dir() -> Path:
     """The real SmolLM2-135M-Instruct, prepared once per machine in a cache outside the repo."""

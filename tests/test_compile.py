@@ -4,18 +4,6 @@ run processes: the same losses as eager, the compiled code kept in the workspace
 import pytest
 
 from tunelab.errors import UserError
-from tests.conftest import REPO, stop_leftover_runs
-
-SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
-
-
-@pytest.fixture
-def sft_data(tiny_model):
-    """The sample SFT data imported: yields (db, ws, ref)."""
-    from tunelab import datasets
-    db, ws, _ = tiny_model
-    yield db, ws, datasets.import_file(db, ws, SAMPLE, "acme").version.ref
-    stop_leftover_runs(db)
 
 
 def train(db, ws, ref: str, compile: str):

@@ -10,18 +10,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli, stop_leftover_runs, wait_until
-
-SAMPLE = REPO / "data" / "samples" / "acme_router_sft.jsonl"
-
-
-@pytest.fixture
-def sft_data(tiny_model):
-    from tunelab import datasets
-    db, ws, _ = tiny_model
-    yield db, ws, datasets.import_file(db, ws, SAMPLE, "acme").version.ref
-    stop_leftover_runs(db)
-
+from tests.conftest import run_cli, wait_until
 
 def tiny_config(ref: str, **overrides) -> dict:
     return {"base_model": "tiny", "dataset": ref, "tuning": "lora", "learning_rate": 5e-3, "max_steps": 6,
