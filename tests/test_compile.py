@@ -42,32 +42,3 @@ def test_compile_takes_auto_on_or_off():
     from tunelab.train import config
     with pytest.raises(UserError, match="compile"):
         config.from_dict({"base_model": "m", "dataset": "d", "compile": "always"})
-
-
-def test_auto_on_a_cold_cache_compiles_after_the_second_step_only_when_the_rest_of_the_run_pays_for_it():
-    """The callback `compile: auto` adds on a cold cache, driven as the Trainer drives it: it times the second
-    step and compiles the real model's blocks once, only if the steps left save more than a cold compile costs."""
-    import time
-
-    from transformers import LlamaConfig, LlamaForCausalLM, TrainerControl, TrainerState
-
-    from tunelab.train import compiling
-
-    def blocks_compiled(max_steps: int) -> tuple[int, list]:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, num_key_value_heads=2))
-        reports = []
-        callback = compiling.compile_when_worth_it(model, lambda step_s, left: reports.append((step_s, left)))
-        state = TrainerState(max_steps=max_steps)
-        for step in (1, 2, 3, 4):
-            time.sleep(0.05)  # the step's work
-            state.global_step = step
-            callback.on_step_end(None, state, TrainerControl())
-        return sum(b._compiled_call_impl is not None for b in compiling.decoder_blocks(model)), reports
-
-    assert blocks_compiled(max_steps=10) == (0, [])  # 8 steps of 0.05 s would save far less than a compile costs
-    compiled, reports = blocks_compiled(max_steps=10 ** 6)
-    assert compiled == 2 and len(reports) == 1  # once, after the second step
-    step_s, left = reports[0]
-    assert left == 10 ** 6 - 2 and 0.05 <= step_s < 1
-    assert compiling.worth_compiling(step_s, left) and not compiling.worth_compiling(step_s, 8)

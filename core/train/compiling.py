@@ -10,23 +10,16 @@ conversations of a row, a different count each batch), so a block is two graphs,
 Inductor's caches (FX graph and AOTAutograd, both on by default) go to the workspace's compile cache
 (`Workspace.compile_cache_dir`) instead of /tmp, so a second run of the same model starts from compiled code.
 After a compiled run completes, a marker file named by `cache_key` (torch version, model architecture, LoRA
-shape, dtype, attention) says that this cache is warm; `compile: auto` compiles from the start then. On a cold
-cache, auto times the second step and compiles only if the steps left would save more than a cold compile costs
-(`worth_compiling`), so a long run is compiled and a short one (a demo, a test) is not made slower.
+shape, dtype, attention) says that this cache is warm; `compile: auto` compiles only then.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 CHOICES = ("auto", "on", "off")
-# Measured with bench/cpu_limit.py on SmolLM2-135M LoRA, 2 idle CPU cores: a cold compile's first step took 17 s
-# more than eager's, and compiled steps took 1/1.24 of eager's time, i.e. saved 19% of each.
-COLD_COST_S = 20.0
-STEP_SAVING = 0.19
 
 
 def use_cache(folder: Path) -> None:
@@ -82,30 +75,3 @@ def compile_blocks(model) -> int:
     for block in blocks:
         block.compile(dynamic=True)
     return len(blocks)
-
-
-def worth_compiling(step_s: float, steps_left: int) -> bool:
-    """Whether compiling now pays for itself within the run: the share of each step it saves, over the steps
-    left, exceeds a cold compile's cost."""
-    return steps_left * step_s * STEP_SAVING > COLD_COST_S
-
-
-def compile_when_worth_it(model, compiled):
-    """A TrainerCallback for `auto` on a cold cache: it times the second step (the first carries warm-up costs)
-    and then compiles the blocks if `worth_compiling`; `compiled(step_s, steps_left)` reports it."""
-    from transformers import TrainerCallback
-
-    class CompileWhenWorthIt(TrainerCallback):
-        def __init__(self):
-            self.ends: list[float] = []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(time.perf_counter())
-            if len(self.ends) != 2:
-                return
-            step_s, steps_left = self.ends[1] - self.ends[0], state.max_steps - state.global_step
-            if worth_compiling(step_s, steps_left):
-                compile_blocks(model)
-                compiled(step_s, steps_left)
-
-    return CompileWhenWorthIt()

@@ -40,10 +40,8 @@ class Config(RunConfig):
                 "the workspace's compile cache. SmolLM2-135M LoRA on 2 idle CPU cores (bench/cpu_limit.py): steady "
                 "steps 1.24x faster than eager (0.59 of the matmul peak against 0.47); the first step takes 31 s "
                 "against eager's 14 s on a cold cache (40-90 s on a loaded machine), 15 s on a warm one. on: "
-                "always; off: never; auto: from the start once a completed compiled run of the same model, LoRA "
-                "shape and attention has warmed the cache; on a cold cache, after the second step, if the steps "
-                "left would save more than a cold compile costs (19% of each step against 20 s), so that a long "
-                "run is compiled and a short one is not made slower.",
+                "always; off: never; auto: only once a completed compiled run of the same model, LoRA shape and "
+                "attention has warmed the cache (a cold compile costs more than a short run gains).",
         "choices": compiling.CHOICES})
     assistant_only_loss: bool = field(default=True, metadata={
         "help": "Compute the loss on the assistant's tokens only, not on the user's and system's."})
@@ -157,33 +155,25 @@ def train(ctx) -> None:
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config)
-    compiled = compile_blocks(ctx, trainer, attn)
+    compiled = compile_blocks(ctx, trainer.model, attn)
     # The saved result carries the model's own template; the markers only mattered for the loss mask.
     ctx.fit(trainer, restore=lambda: setattr(tokenizer, "chat_template", original_template))
-    if compiled["on"] and compiled["cache"] is not None:
-        compiling.mark_warm(compiled["cache"], compiled["key"], run=ctx.run_id)
+    if compiled:
+        compiling.mark_warm(*compiled, run=ctx.run_id)
 
 
-def compile_blocks(ctx, trainer, attn: str) -> dict:
-    """Compile the decoder blocks as cfg.compile says: now (on, or auto with a warm cache), after the second step
-    if the rest of the run makes it pay (auto on a cold cache), or never. {'on', 'cache', 'key'}: whether the
-    run compiled, to mark the cache warm after it. Without a workspace (a remote cluster) nothing is cached."""
+def compile_blocks(ctx, model, attn: str) -> tuple | None:
+    """Compile the decoder blocks when cfg.compile asks for it; (cache folder, key) to mark warm after the run,
+    or None when eager. Without a workspace (a remote cluster) nothing is cached, and auto stays eager."""
     cfg: Config = ctx.cfg
-    model = trainer.model
     cache = ctx.ws.compile_cache_dir if ctx.ws is not None else None
     key = compiling.cache_key(model, attention=attn, gradient_checkpointing=cfg.gradient_checkpointing)
-    state = {"on": compiling.wanted(cfg.compile, cache, key), "cache": cache, "key": key}
-    ctx.report(compiled=state["on"])
-    if cache is not None and cfg.compile != "off":
+    on = compiling.wanted(cfg.compile, cache, key)
+    ctx.report(compiled=on)
+    if not on:
+        return None
+    if cache is not None:
         compiling.use_cache(cache)
-    if state["on"]:
-        blocks = compiling.compile_blocks(model)
-        ctx.phase(f"compiling {blocks} decoder blocks ({'warm' if compiling.is_warm(cache, key) else 'cold'} cache)")
-    elif cfg.compile == "auto":
-        def compiled(step_s: float, steps_left: int) -> None:
-            state["on"] = True
-            ctx.report(compiled=True)
-            ctx.phase(f"compiling the decoder blocks (cold cache): {steps_left} steps of {step_s:.1f} s left, "
-                      f"more than a cold compile costs")
-        trainer.add_callback(compiling.compile_when_worth_it(model, compiled))
-    return state
+    blocks = compiling.compile_blocks(model)
+    ctx.phase(f"compiling {blocks} decoder blocks ({'warm' if compiling.is_warm(cache, key) else 'cold'} cache)")
+    return (cache, key) if cache is not None else None
