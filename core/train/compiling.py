@@ -19,6 +19,8 @@ import json
 import os
 from pathlib import Path
 
+from tunelab.folders import write_json_atomic
+
 CHOICES = ("auto", "on", "off")
 
 
@@ -53,7 +55,7 @@ def mark_warm(folder: Path, key: str, **info) -> None:
     """Record that a compiled run with this key completed, so its artifacts sit in `folder`."""
     path = _marker(folder, key)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text(json.dumps(info))
+    write_json_atomic(path, info)  # a marker half-written by a killed run must not pass for a warm cache
 
 
 def wanted(setting: str, folder: Path | None, key: str) -> bool:
